@@ -1,0 +1,379 @@
+"""The checkpoint zoo: trained weights shipped with the book, and a load-or-train cache for chapters.
+
+``zoo/`` (at the repository root, or ``$CDLIB_ZOO``) holds ``manifest.json`` and one
+exported checkpoint per entry.  Each manifest entry records how the file was made
+(full training config, architecture, seed, steps, CPU minutes, the command line) and
+what it reached (``metrics``), plus the file's ``sha256``: :func:`load` refuses a file
+whose hash differs.
+
+Chapters call :func:`load_or_train`: the zoo entry of the same config if there is one,
+else a checkpoint cached in ``~/.cache/cdlib/ckpt/`` (or ``$CDLIB_CACHE``), else a short
+training run (``budget_steps``) whose result is cached for next time.
+
+``make checkpoints`` (``python -m cdlib zoo build``) runs :func:`build_zoo` over
+:data:`ZOO_SPECS`, registered with :func:`register_spec`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import re
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+ZOO_DIR = Path(__file__).resolve().parent.parent / "zoo"
+MANIFEST_FORMAT = "cdlib-zoo-1"
+
+# Config keys that do not define *which* model a checkpoint is (where and how fast it was trained, and
+# the machine-specific path of an init_from checkpoint): ignored when matching a config to a zoo entry.
+MATCH_IGNORED = ("device", "num_workers", "ckpt_every", "log_every", "amp", "channels_last", "init_from")
+
+# Recipes of the zoo: dicts {"id", "model", "profile", "overrides", "eval_fn"}; see register_spec.
+ZOO_SPECS: list[dict] = []
+# name -> fn(model, cfg) -> dict of numbers (held-out bpp/psnr, accuracy...); filled by the lead.
+METRIC_FNS: dict[str, Callable[..., dict]] = {}
+
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Locations and the manifest
+# ----------------------------------------------------------------------------------------------------------
+def zoo_dir() -> Path:
+    return Path(os.environ["CDLIB_ZOO"]) if os.environ.get("CDLIB_ZOO") else ZOO_DIR
+
+
+def cache_dir() -> Path:
+    """Where :func:`load_or_train` caches checkpoints: ``$CDLIB_CACHE`` or ``~/.cache/cdlib/ckpt``."""
+    if os.environ.get("CDLIB_CACHE"):
+        return Path(os.environ["CDLIB_CACHE"])
+    return Path.home() / ".cache" / "cdlib" / "ckpt"
+
+
+def manifest_path() -> Path:
+    return zoo_dir() / "manifest.json"
+
+
+def load_manifest() -> dict:
+    """``{"format": "cdlib-zoo-1", "entries": [...]}`` (no entries when there is no manifest yet)."""
+    path = manifest_path()
+    if not path.is_file():
+        return {"format": MANIFEST_FORMAT, "entries": []}
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path} is not valid JSON ({exc})") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("entries"), list):
+        raise ValueError(f"{path} is not a cdlib zoo manifest "
+                         f"(expected {{'format': {MANIFEST_FORMAT!r}, 'entries': [...]}})")
+    return manifest
+
+
+def _write_manifest(manifest: dict) -> None:
+    path = manifest_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
+    os.replace(tmp, path)
+
+
+def entries(model: str | None = None, **filters) -> list[dict]:
+    """Manifest entries, filtered by ``model`` and by entry fields (``profile``, ``id``...) or training-config
+    fields (``lmbda=0.0067``, ``stage="step2"``)."""
+    from .config import valid_keys
+
+    known = {"id", "model", "profile", "seed", "steps", "file"} | set(valid_keys())
+    unknown = sorted(set(filters) - known)
+    if unknown:
+        raise ValueError(f"unknown zoo filter(s) {unknown}; valid filters: {', '.join(sorted(known))}")
+    out = []
+    for e in load_manifest()["entries"]:
+        if model is not None and e["model"] != model:
+            continue
+        if all((e[k] if k in e else e.get("config", {}).get(k)) == v for k, v in filters.items()):
+            out.append(e)
+    return out
+
+
+def get_entry(entry_id: str) -> dict:
+    for e in load_manifest()["entries"]:
+        if e["id"] == entry_id:
+            return e
+    ids = [e["id"] for e in load_manifest()["entries"]]
+    raise ValueError(f"unknown zoo entry {entry_id!r}; entries in {manifest_path()}: {', '.join(ids) or '(none)'}")
+
+
+def path_of(entry_id: str) -> Path:
+    return zoo_dir() / get_entry(entry_id)["file"]
+
+
+def sha256_of(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def verify(entry: dict | str) -> bool:
+    """True when the entry's file exists and its sha256 matches the manifest."""
+    entry = get_entry(entry) if isinstance(entry, str) else entry
+    path = zoo_dir() / entry["file"]
+    return path.is_file() and sha256_of(path) == entry["sha256"]
+
+
+def load(entry_id: str):
+    """The model of a zoo entry, after checking the file's sha256 against the manifest."""
+    from .train import load_model
+
+    entry = get_entry(entry_id)
+    path = zoo_dir() / entry["file"]
+    if not path.is_file():
+        raise FileNotFoundError(f"zoo file {path} of entry {entry_id!r} is missing (run `make checkpoints` "
+                                f"or `python -m cdlib zoo build {entry_id}`)")
+    digest = sha256_of(path)
+    if digest != entry["sha256"]:
+        raise ValueError(f"zoo file {path} does not match the manifest (sha256 {digest[:12]}..., expected "
+                         f"{entry['sha256'][:12]}...): it is corrupt or was replaced; rebuild it with "
+                         f"`python -m cdlib zoo build {entry_id}`")
+    model = load_model(path)
+    model.checkpoint_meta["zoo_id"] = entry_id
+    return model
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Adding entries
+# ----------------------------------------------------------------------------------------------------------
+def _command_line(model: str, profile: str, config: dict, arch: dict, file: str) -> str:
+    """The ``python -m cdlib train`` command that reproduces a config (only values differing from the profile)."""
+    from .config import make_config
+    from .registry import model_arch
+
+    try:
+        base = make_config(model, profile).to_dict()
+        base_arch = model_arch(model, profile)
+    except Exception:  # model not registered here: list everything
+        base, base_arch = {}, {}
+    parts = [f"python -m cdlib train {model} --profile {profile}"]
+    for k, v in config.items():
+        if k not in ("model", "profile") and base.get(k, object()) != v:
+            parts.append(f"--set {k}={json.dumps(v) if isinstance(v, dict) else v}")
+    for k, v in arch.items():
+        if base_arch.get(k, object()) != v:
+            parts.append(f"--arch {k}={json.dumps(v, default=str)}")
+    return " ".join(parts + [f"-o {file}"])
+
+
+def add_entry(ckpt_path: str | Path, entry_id: str, metrics: dict, cpu_minutes: float, fp16: bool = True,
+              created_by: str | None = None) -> dict:
+    """Export a training checkpoint into the zoo as ``<entry_id>.pt`` and add (or replace) its manifest entry."""
+    from .train import export_checkpoint, read_checkpoint
+
+    if not _ID.match(entry_id):
+        raise ValueError(f"bad zoo entry id {entry_id!r}: use letters, digits, '_', '-', '.'")
+    ckpt = read_checkpoint(ckpt_path)
+    file = f"{entry_id}.pt"
+    dst = export_checkpoint(ckpt_path, zoo_dir() / file, fp16=fp16)
+    entry = {
+        "id": entry_id, "model": ckpt["model"], "profile": ckpt["profile"], "config": ckpt["config"],
+        "arch": ckpt["arch"], "seed": ckpt["config"]["seed"], "steps": ckpt["step"],
+        "cpu_minutes": round(float(cpu_minutes), 2), "metrics": {k: float(v) for k, v in metrics.items()},
+        "file": file, "sha256": sha256_of(dst), "bytes": dst.stat().st_size, "fp16": bool(fp16),
+        "created_by": created_by or _command_line(ckpt["model"], ckpt["profile"], ckpt["config"], ckpt["arch"], file),
+    }
+    entry = json.loads(json.dumps(entry, default=str))  # plain JSON types (tuples -> lists)
+    manifest = load_manifest()
+    manifest["format"] = MANIFEST_FORMAT
+    ids = [e["id"] for e in manifest["entries"]]
+    if entry_id in ids:
+        manifest["entries"][ids.index(entry_id)] = entry
+    else:
+        manifest["entries"].append(entry)
+    _write_manifest(manifest)
+    return entry
+
+
+def _set_metrics(entry_id: str, metrics: dict) -> None:
+    manifest = load_manifest()
+    for e in manifest["entries"]:
+        if e["id"] == entry_id:
+            e["metrics"] = {k: float(v) for k, v in metrics.items()}
+    _write_manifest(manifest)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Load or train (what chapters call)
+# ----------------------------------------------------------------------------------------------------------
+def _json(obj: Any) -> Any:
+    return json.loads(json.dumps(obj, sort_keys=True, default=str))
+
+
+def _matchable(config: dict) -> dict:
+    return _json({k: v for k, v in config.items() if k not in MATCH_IGNORED})
+
+
+def _default_arch(model_name: str, profile: str, cfg, arch: dict | None) -> dict:
+    from .registry import model_arch
+
+    arch = dict(arch or {})
+    if "num_classes" in model_arch(model_name, profile) and "num_classes" not in arch:
+        arch["num_classes"] = cfg.num_classes  # as `python -m cdlib train` does
+    return model_arch(model_name, profile, **arch)
+
+
+def load_or_train(model_name: str, profile: str = "laptop", entry_id: str | None = None,
+                  budget_steps: int | None = None, *, arch: dict | None = None, progress: bool = True,
+                  **cfg_overrides):
+    """``(model, info)``: the zoo entry of this config, else the cached checkpoint, else train and cache.
+
+    ``info["source"]`` is ``"zoo"``, ``"cache"`` or ``"trained"``.  ``budget_steps`` caps the
+    training steps of a run made here (warm-up shrinks in proportion); a zoo entry of the full
+    config is still preferred.  An interrupted training run resumes from the cache next time.
+    """
+    from .config import config_hash, make_config
+    from .registry import create_model
+    from .train import RESUME_IGNORED, load_model, read_checkpoint, seed_everything, train
+
+    cfg = make_config(model_name, profile, **cfg_overrides)
+    full_arch = _default_arch(model_name, profile, cfg, arch)
+
+    # 1. the zoo
+    if entry_id is not None:
+        entry = get_entry(entry_id)
+        if entry["model"] != model_name:
+            raise ValueError(f"zoo entry {entry_id!r} is a {entry['model']!r} model, not {model_name!r}")
+        candidates = [entry]
+    else:
+        want = (_matchable(cfg.to_dict()), _json(full_arch))
+        candidates = [e for e in entries(model=model_name, profile=profile)
+                      if (_matchable(e["config"]), _json(e["arch"])) == want]
+    if candidates:
+        e = candidates[0]
+        model = load(e["id"])
+        return model, {"source": "zoo", "entry_id": e["id"], "path": str(zoo_dir() / e["file"]),
+                       "config": e["config"], "steps": e["steps"], "metrics": e["metrics"],
+                       "fingerprint": model.fingerprint}
+
+    # 2. the cache, 3. train (resuming a cached, unfinished run)
+    if budget_steps is not None and budget_steps < cfg.steps:
+        if budget_steps < 1:
+            raise ValueError(f"budget_steps must be >= 1, got {budget_steps}")
+        warmup = cfg.warmup_steps * budget_steps // cfg.steps
+        cfg = dataclasses.replace(cfg, steps=budget_steps, warmup_steps=warmup,
+                                  ckpt_every=min(cfg.ckpt_every, budget_steps))
+    key = config_hash({"model": model_name, "profile": profile, "arch": _json(full_arch),
+                       "config": {k: v for k, v in cfg.to_dict().items() if k not in RESUME_IGNORED}})
+    path = cache_dir() / f"{key}.pt"
+    source = "trained"
+    if path.is_file():
+        try:
+            if read_checkpoint(path)["step"] >= cfg.steps:
+                source = "cache"
+        except ValueError:  # unreadable cache file: train again
+            path.unlink()
+    if source == "trained":
+        seed_everything(cfg.seed)
+        model = create_model(model_name, profile, **full_arch)
+        train(model, cfg, out=path, progress=progress)
+    model = load_model(path)
+    return model, {"source": source, "path": str(path), "config": cfg.to_dict(), "steps": cfg.steps,
+                   "metrics": model.checkpoint_meta["metrics"], "fingerprint": model.fingerprint}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Building the zoo (`make checkpoints`)
+# ----------------------------------------------------------------------------------------------------------
+def register_spec(entry_id: str, model: str, profile: str, overrides: dict | None = None,
+                  eval_fn_name: str | None = None) -> dict:
+    """Add a zoo recipe.  ``overrides``: training-config values (an ``"arch"`` key holds architecture
+    overrides); ``eval_fn_name``: key of :data:`METRIC_FNS` computing the entry's metrics
+    (``None``: the final training loss terms)."""
+    if not _ID.match(entry_id):
+        raise ValueError(f"bad zoo entry id {entry_id!r}: use letters, digits, '_', '-', '.'")
+    spec = {"id": entry_id, "model": model, "profile": profile, "overrides": dict(overrides or {}),
+            "eval_fn": eval_fn_name}
+    for i, s in enumerate(ZOO_SPECS):
+        if s["id"] == entry_id:
+            ZOO_SPECS[i] = spec
+            return spec
+    ZOO_SPECS.append(spec)
+    return spec
+
+
+def _spec_config(spec: dict):
+    from .config import make_config
+
+    overrides = dict(spec["overrides"])
+    arch = overrides.pop("arch", None)
+    cfg = make_config(spec["model"], spec["profile"], **overrides)
+    return cfg, _default_arch(spec["model"], spec["profile"], cfg, arch)
+
+
+def _train_spec(spec: dict, workdir: str, progress: bool, threads: int | None = None) -> tuple[str, float]:
+    """Train one recipe to ``workdir/<id>.pt`` (resumable); returns (path, CPU minutes)."""
+    import torch
+
+    from .registry import create_model
+    from .train import seed_everything, train
+
+    if threads:
+        torch.set_num_threads(threads)
+    cfg, arch = _spec_config(spec)
+    seed_everything(cfg.seed)
+    model = create_model(spec["model"], spec["profile"], **arch)
+    ckpt = Path(workdir) / f"{spec['id']}.pt"
+    result = train(model, cfg, out=ckpt, progress=progress)
+    return str(ckpt), result["cpu_seconds"] / 60.0
+
+
+def build_zoo(ids: list[str] | None = None, jobs: int = 1, workdir: str | Path | None = None,
+              progress: bool = True) -> list[dict]:
+    """Train every spec of :data:`ZOO_SPECS` (or those in ``ids``), measure it, add it to the zoo.
+
+    Training checkpoints go to ``workdir`` (default ``<cache>/zoo-build``), so an interrupted build
+    resumes.  ``jobs > 1`` trains that many specs in parallel processes.
+    """
+    by_id = {s["id"]: s for s in ZOO_SPECS}
+    unknown = [i for i in ids or [] if i not in by_id]
+    if unknown:
+        raise ValueError(f"unknown zoo spec(s) {unknown}; specs: {', '.join(by_id) or '(none registered)'}")
+    specs = [by_id[i] for i in ids] if ids else list(ZOO_SPECS)
+    for s in specs:
+        if s["eval_fn"] and s["eval_fn"] not in METRIC_FNS:
+            raise ValueError(f"spec {s['id']!r}: unknown metric function {s['eval_fn']!r}; "
+                             f"available: {', '.join(METRIC_FNS) or '(none)'}")
+    workdir = Path(workdir) if workdir is not None else cache_dir() / "zoo-build"
+    workdir.mkdir(parents=True, exist_ok=True)
+
+    if jobs > 1 and len(specs) > 1:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        threads = max(1, (os.cpu_count() or 1) // jobs)
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
+            futures = [pool.submit(_train_spec, s, str(workdir), False, threads) for s in specs]
+            trained = [f.result() for f in futures]
+    else:
+        trained = [_train_spec(s, str(workdir), progress) for s in specs]
+
+    added = []
+    for spec, (ckpt, cpu_minutes) in zip(specs, trained):
+        t0 = time.perf_counter()
+        entry = add_entry(ckpt, spec["id"], metrics={}, cpu_minutes=cpu_minutes)
+        if spec["eval_fn"]:  # measured on the exported (served) weights
+            cfg, _ = _spec_config(spec)
+            metrics = METRIC_FNS[spec["eval_fn"]](load(spec["id"]), cfg)
+        else:
+            from .train import read_checkpoint
+
+            metrics = read_checkpoint(ckpt)["metrics"]
+        _set_metrics(spec["id"], metrics)
+        entry["metrics"] = {k: float(v) for k, v in metrics.items()}
+        if progress:
+            print(f"zoo: {spec['id']} ({entry['bytes']} bytes, {cpu_minutes:.1f} CPU min, "
+                  f"eval {time.perf_counter() - t0:.0f}s) {json.dumps(entry['metrics'])}")
+        added.append(entry)
+    return added

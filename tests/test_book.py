@@ -1,0 +1,318 @@
+"""Structure of the book: chapter pairs, skeleton, parameters/Colab cells, Colab links, TOC, references.
+
+Chapters are ``book/chNN_*.md`` (Jupytext MyST notebooks) paired with ``notebooks/chNN_*.ipynb``.
+Per-chapter tests are parametrised over the chapters present (none yet -> those tests are skipped);
+the configuration tests always run.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+BOOK = ROOT / "book"
+NOTEBOOKS = ROOT / "notebooks"
+HTML = ROOT / "_build" / "html"
+
+# The skeleton every chapter follows: these level-2 headings ("## ..."), in this order. Other
+# headings may sit between them. "Ablations" may just say "Not applicable".
+CHAPTER_HEADINGS = (
+    "Learning goals",
+    "The idea",
+    "The model",
+    "Training",
+    "Results",
+    "Ablations",
+    "Fidelity notes",
+    "Exercises",
+)
+# Parameters every chapter's `parameters` cell defines (scripts/run_chapter.py passes them).
+REQUIRED_PARAMETERS = ("profile", "device", "data_root")
+PAIRED_FORMATS = "book//md:myst,notebooks//ipynb"
+COLAB = "https://colab.research.google.com"
+
+REQUIRED_BIB_KEYS = (
+    "bai2022",
+    "zhang2025layered",
+    "tang2025dicm",
+    "balle2017",
+    "balle2018",
+    "minnen2018",
+    "begaint2020compressai",
+    "dosovitskiy2021vit",
+    "touvron2021deit",
+    "he2020moco",
+    "chen2020mocov2",
+    "bjontegaard2001",
+)
+
+CHAPTERS = sorted(p.stem for p in BOOK.glob("ch*.md"))
+
+
+def _yaml(path: Path):
+    yaml = pytest.importorskip("yaml")
+    return yaml.safe_load(path.read_text())
+
+
+def _config() -> dict:
+    return _yaml(ROOT / "_config.yml")
+
+
+def _colab_module():
+    sys.path.insert(0, str(BOOK / "_ext"))
+    try:
+        import colab  # type: ignore
+
+        return colab
+    finally:
+        sys.path.pop(0)
+
+
+def _read_pair(stem: str):
+    jupytext = pytest.importorskip("jupytext")
+    md = BOOK / f"{stem}.md"
+    nb = NOTEBOOKS / f"{stem}.ipynb"
+    assert nb.is_file(), f"{md.relative_to(ROOT)} has no paired notebooks/{stem}.ipynb: run `make sync`"
+    return jupytext.read(md), jupytext.read(nb)
+
+
+def _code_cells(nb):
+    return [c for c in nb.cells if c.cell_type == "code"]
+
+
+def _tags(cell) -> list[str]:
+    return list(cell.get("metadata", {}).get("tags", []))
+
+
+def _strip_magics(src: str) -> str:
+    """IPython `!cmd` / `%magic` lines -> `pass` so that ast can parse the cell."""
+    out = []
+    for line in src.splitlines():
+        stripped = line.lstrip()
+        if stripped.startswith(("!", "%")):
+            out.append(line[: len(line) - len(stripped)] + "pass")
+        else:
+            out.append(line)
+    return "\n".join(out)
+
+
+def _level2_headings(md_text: str) -> list[str]:
+    headings, fence = [], None
+    for line in md_text.splitlines():
+        m = re.match(r"^\s*(`{3,}|~{3,}|:{3,})", line)
+        if m:
+            marker = m.group(1)
+            if fence is None:
+                fence = marker
+            elif marker[0] == fence[0] and len(marker) >= len(fence) and not line.strip()[len(marker):].strip():
+                fence = None
+            continue
+        if fence is None:
+            h = re.match(r"^##\s+(.+?)\s*#*\s*$", line)
+            if h:
+                headings.append(h.group(1).strip())
+    return headings
+
+
+def _toc_files(node) -> list[str]:
+    files = []
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key in ("file", "root") and isinstance(value, str):
+                files.append(value)
+            else:
+                files.extend(_toc_files(value))
+    elif isinstance(node, list):
+        for item in node:
+            files.extend(_toc_files(item))
+    return files
+
+
+# ------------------------------------------------------------------------------------ configuration
+def test_config_execution_and_layout():
+    cfg = _config()
+    assert cfg["title"] == "Image Coding for Machines: a reproducibility course"
+    ex = cfg["execute"]
+    assert ex["execute_notebooks"] == "cache"
+    assert ex["cache"] == "_build/.jupyter_cache"
+    assert ex["timeout"] >= 600
+    assert ex["raise_on_error"] is True
+    assert cfg["only_build_toc_files"] is True
+    for pattern in (".venv", "_build", "notebooks", "results"):
+        assert pattern in cfg["exclude_patterns"], f"_config.yml exclude_patterns must contain {pattern}"
+    assert cfg["bibtex_bibfiles"] == ["book/references.bib"]
+    assert (ROOT / cfg["bibtex_bibfiles"][0]).is_file()
+
+
+def test_config_colab_links():
+    cfg = _config()
+    assert cfg["launch_buttons"]["colab_url"] == COLAB
+    assert cfg["repository"]["url"].startswith("https://github.com/")
+    assert cfg["sphinx"]["local_extensions"] == {"colab": "book/_ext"}
+    assert (BOOK / "_ext" / "colab.py").is_file()
+    assert cfg["sphinx"]["config"].get("colab_notebooks_dir", "notebooks") == "notebooks"
+
+
+def test_colab_url_rule():
+    colab = _colab_module()
+    want = f"{COLAB}/github/icm-book/icm-book/blob/main/notebooks/ch03_bai2022.ipynb"
+    for name in ("ch03_bai2022", "book/ch03_bai2022", "book/ch03_bai2022.md", "notebooks/ch03_bai2022.ipynb"):
+        assert colab.colab_url_for(name, "https://github.com/icm-book/icm-book", "main") == want
+    assert colab.colab_url_for("ch01_x", "https://github.com/org/repo.git/", "dev").endswith(
+        "/github/org/repo/blob/dev/notebooks/ch01_x.ipynb"
+    )
+    with pytest.raises(ValueError):
+        colab.colab_url_for("ch01_x", "https://gitlab.com/org/repo")
+
+
+def test_jupytext_pairing_config():
+    text = (ROOT / "jupytext.toml").read_text()
+    assert re.search(r'^formats\s*=\s*"book//md:myst,notebooks//ipynb"', text, re.M)
+
+
+def test_toc_lists_every_chapter_and_only_existing_files():
+    toc = _yaml(ROOT / "_toc.yml")
+    assert toc["format"] == "jb-book"
+    assert toc["root"] == "book/intro"
+    files = _toc_files(toc)
+    for f in files:
+        assert any((ROOT / f"{f}{ext}").is_file() for ext in ("", ".md", ".ipynb")), f"_toc.yml lists missing {f}"
+    for stem in CHAPTERS:
+        assert f"book/{stem}" in files, f"_toc.yml does not list book/{stem}"
+    assert "book/references" in files and "book/instructors" in files
+
+
+def test_no_unpaired_notebooks():
+    orphans = sorted(p.name for p in NOTEBOOKS.glob("ch*.ipynb") if p.stem not in CHAPTERS)
+    assert not orphans, f"notebooks without a book/<name>.md source (delete them or add the .md): {orphans}"
+
+
+def test_references_bib_has_the_course_papers():
+    pybtex = pytest.importorskip("pybtex.database")
+    bib = pybtex.parse_file(str(BOOK / "references.bib"))
+    missing = [k for k in REQUIRED_BIB_KEYS if k not in bib.entries]
+    assert not missing, f"book/references.bib lacks {missing}"
+    assert "bibliography" in (BOOK / "references.md").read_text()
+
+
+def test_every_citation_is_in_the_bib():
+    pybtex = pytest.importorskip("pybtex.database")
+    keys = set(pybtex.parse_file(str(BOOK / "references.bib")).entries)
+    used = set()
+    for md in BOOK.glob("*.md"):
+        for group in re.findall(r"\{cite(?::[a-z]+)?\}`([^`]+)`", md.read_text()):
+            used.update(k.strip() for k in group.split(","))
+    assert not (used - keys), f"cited but not in references.bib: {sorted(used - keys)}"
+
+
+# ------------------------------------------------------------------------------------ chapters
+@pytest.mark.parametrize("stem", CHAPTERS)
+def test_chapter_paired_and_in_sync(stem):
+    md_nb, ipynb_nb = _read_pair(stem)
+    formats = md_nb.metadata.get("jupytext", {}).get("formats")
+    assert formats in (None, PAIRED_FORMATS), f"book/{stem}.md pairs with {formats!r}, expected {PAIRED_FORMATS!r}"
+    a = [(c.cell_type, c.source.strip(), _tags(c)) for c in md_nb.cells]
+    b = [(c.cell_type, c.source.strip(), _tags(c)) for c in ipynb_nb.cells]
+    assert len(a) == len(b), f"{stem}: {len(a)} cells in the .md, {len(b)} in the .ipynb: run `make sync`"
+    for i, (x, y) in enumerate(zip(a, b)):
+        assert x == y, f"{stem}: cell {i} differs between book/{stem}.md and notebooks/{stem}.ipynb: run `make sync`"
+    assert md_nb.metadata.get("kernelspec", {}).get("name") == "python3"
+
+
+@pytest.mark.parametrize("stem", CHAPTERS)
+def test_chapter_notebook_has_no_outputs(stem):
+    raw = json.loads((NOTEBOOKS / f"{stem}.ipynb").read_text())
+    dirty = [
+        i for i, c in enumerate(raw["cells"])
+        if c["cell_type"] == "code" and (c.get("outputs") or c.get("execution_count") is not None)
+    ]
+    assert not dirty, f"notebooks/{stem}.ipynb stores outputs in cells {dirty}: clear them with `make sync`"
+
+
+@pytest.mark.parametrize("stem", CHAPTERS)
+def test_chapter_skeleton(stem):
+    text = (BOOK / f"{stem}.md").read_text()
+    assert re.search(r"^# \S", text, re.M), f"book/{stem}.md has no level-1 title"
+    found = _level2_headings(text)
+    missing = [h for h in CHAPTER_HEADINGS if h not in found]
+    assert not missing, f"book/{stem}.md lacks the section(s) {missing} (skeleton: {list(CHAPTER_HEADINGS)})"
+    positions = [found.index(h) for h in CHAPTER_HEADINGS]
+    assert positions == sorted(positions), f"book/{stem}.md: sections must come in the order {list(CHAPTER_HEADINGS)}"
+    dupes = [h for h in CHAPTER_HEADINGS if found.count(h) > 1]
+    assert not dupes, f"book/{stem}.md repeats {dupes}"
+
+
+@pytest.mark.parametrize("stem", CHAPTERS)
+def test_chapter_colab_install_cell_first(stem):
+    md_nb, _ = _read_pair(stem)
+    code = _code_cells(md_nb)
+    assert code, f"{stem} has no code cells"
+    src = code[0].source
+    tree = ast.parse(_strip_magics(src))
+    guard = None
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If):
+            t = node.test
+            if (
+                isinstance(t, ast.Compare)
+                and isinstance(t.left, ast.Constant)
+                and t.left.value == "google.colab"
+                and isinstance(t.ops[0], ast.In)
+                and ast.unparse(t.comparators[0]) == "sys.modules"
+            ):
+                guard = node
+                break
+    assert guard is not None, (
+        f"{stem}: the first code cell must install cdlib only on Colab: "
+        '`if "google.colab" in sys.modules: ... pip install git+https://github.com/...`'
+    )
+    lines = src.splitlines()
+    body = "\n".join(lines[guard.body[0].lineno - 1: guard.end_lineno])
+    assert "pip" in body and "install" in body and "git+https://github.com/" in body, (
+        f"{stem}: the Colab cell must pip-install the repository from git+https://github.com/... inside the if"
+    )
+    outside = [n for n in tree.body if not isinstance(n, (ast.Import, ast.ImportFrom, ast.If, ast.Expr, ast.Pass))]
+    assert not outside, f"{stem}: the Colab cell should only import sys and install on Colab"
+
+
+@pytest.mark.parametrize("stem", CHAPTERS)
+def test_chapter_parameters_cell(stem):
+    md_nb, _ = _read_pair(stem)
+    code = _code_cells(md_nb)
+    tagged = [i for i, c in enumerate(code) if "parameters" in _tags(c)]
+    assert len(tagged) == 1, f"{stem}: exactly one code cell must be tagged `parameters` (found {len(tagged)})"
+    assert tagged[0] == 1, f"{stem}: the `parameters` cell must be the second code cell, right after the Colab cell"
+    tree = ast.parse(code[tagged[0]].source)
+    names = {t.id for n in tree.body if isinstance(n, ast.Assign) for t in n.targets if isinstance(t, ast.Name)}
+    names |= {n.target.id for n in tree.body if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name)}
+    missing = [p for p in REQUIRED_PARAMETERS if p not in names]
+    assert not missing, f"{stem}: the parameters cell must define {list(REQUIRED_PARAMETERS)}; missing {missing}"
+    ns: dict = {}
+    exec(compile(tree, f"{stem}:parameters", "exec"), ns)  # plain literals only
+    assert ns["profile"] == "laptop", f"{stem}: the default profile must be 'laptop' (what the book executes)"
+    assert ns["device"] == "cpu", f"{stem}: the default device must be 'cpu'"
+
+
+@pytest.mark.parametrize("stem", CHAPTERS)
+def test_chapter_colab_link(stem):
+    cfg = _config()
+    colab = _colab_module()
+    repo = cfg["repository"]["url"].rstrip("/").removesuffix(".git")
+    org_repo = "/".join(repo.split("github.com/")[1].split("/")[:2])
+    branch = cfg["repository"].get("branch", "main")
+    url = colab.colab_url_for(stem, cfg["repository"]["url"], branch)
+    assert url == f"{COLAB}/github/{org_repo}/blob/{branch}/notebooks/{stem}.ipynb"
+    assert (NOTEBOOKS / f"{stem}.ipynb").is_file()
+    page = HTML / "book" / f"{stem}.html"
+    if not page.is_file():
+        pytest.skip(f"{page.relative_to(ROOT)} not built (make book); URL rule checked only")
+    html = page.read_text()
+    assert url in html, f"built page {page.relative_to(ROOT)} has no Colab link to {url}"
+    others = set(re.findall(r"https://colab\.research\.google\.com/[^\"'<>\s]+", html)) - {url}
+    assert not others, f"built page {page.relative_to(ROOT)} has other Colab links: {sorted(others)}"

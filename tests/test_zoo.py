@@ -1,0 +1,161 @@
+"""The checkpoint zoo: manifest, hash verification, load-or-train cache, build_zoo."""
+from __future__ import annotations
+
+import json
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from compressai.entropy_models import EntropyBottleneck
+from compressai.models import CompressionModel
+
+from cdlib import registry, zoo
+from cdlib.config import make_config
+from cdlib.train import read_checkpoint, train
+
+TOY = "toy_test_zoo"
+
+
+class ZooToy(CompressionModel):
+    def __init__(self, N=4):
+        super().__init__()
+        self.enc = nn.Conv2d(3, N, 3, stride=2, padding=1)
+        self.entropy_bottleneck = EntropyBottleneck(N)
+        self.dec = nn.ConvTranspose2d(N, 3, 5, stride=2, padding=2, output_padding=1)
+
+    def forward(self, x):
+        y_hat, lk = self.entropy_bottleneck(self.enc(x))
+        return {"x_hat": self.dec(y_hat), "likelihoods": {"y": lk}}
+
+    def loss_terms(self, batch, cfg):
+        x = batch["image"]
+        out = self(x)
+        n, _, h, w = x.shape
+        return {"mse": F.mse_loss(out["x_hat"], x), "bpp": -torch.log2(out["likelihoods"]["y"]).sum() / (n * h * w)}
+
+    def loss_weights(self, cfg):
+        return {"mse": cfg.lmbda * 255.0**2, "bpp": 1.0}
+
+
+if TOY not in registry._REGISTRY:
+    registry.register_model(TOY, arch={"laptop": {"N": 4}, "paper": {"N": 8}},
+                            train={"laptop": dict(steps=6, batch_size=4, image_size=16, num_train=12, lr=1e-2,
+                                                  ckpt_every=3, log_every=3, device="cpu")})(ZooToy)
+
+
+class ToyData(torch.utils.data.Dataset):
+    def __init__(self, n, size, seed):
+        self.images = torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        return {"image": self.images[i], "label": torch.tensor(0)}
+
+
+@pytest.fixture
+def dirs(tmp_path, monkeypatch):
+    """Empty zoo and cache directories, and a stand-in for cdlib.data.build_dataset (counts its calls)."""
+    monkeypatch.setenv("CDLIB_ZOO", str(tmp_path / "zoo"))
+    monkeypatch.setenv("CDLIB_CACHE", str(tmp_path / "cache"))
+    calls = []
+    fake = types.ModuleType("cdlib.data")
+
+    def build_dataset(cfg, split):
+        calls.append(split)
+        return ToyData(cfg.num_train, cfg.image_size, cfg.seed)
+
+    fake.build_dataset = build_dataset
+    monkeypatch.setitem(sys.modules, "cdlib.data", fake)
+    return types.SimpleNamespace(root=tmp_path, zoo=tmp_path / "zoo", cache=tmp_path / "cache", calls=calls)
+
+
+def trained_ckpt(path: Path, **overrides) -> Path:
+    cfg = make_config(TOY, "laptop", **overrides)
+    torch.manual_seed(0)
+    train(registry.create_model(TOY, "laptop"), cfg, out=path, progress=False)
+    return path
+
+
+def test_add_entry_verify_load_and_tamper(dirs):
+    ckpt = trained_ckpt(dirs.root / "run.pt")
+    entry = zoo.add_entry(ckpt, "toy-a", metrics={"psnr": 21.5}, cpu_minutes=0.01)
+    manifest = json.loads((dirs.zoo / "manifest.json").read_text())
+    assert manifest["entries"] == [entry]
+    for key in ("id", "model", "profile", "config", "arch", "seed", "steps", "cpu_minutes", "metrics", "file",
+                "sha256", "bytes", "created_by"):
+        assert key in entry
+    assert entry["model"] == TOY and entry["steps"] == 6 and entry["config"]["lr"] == 1e-2
+    assert entry["created_by"].startswith(f"python -m cdlib train {TOY} --profile laptop")
+    assert entry["bytes"] == (dirs.zoo / "toy-a.pt").stat().st_size
+    assert not list(dirs.zoo.glob("*.tmp"))
+    assert zoo.verify(entry) and zoo.verify("toy-a")
+    assert zoo.path_of("toy-a") == dirs.zoo / "toy-a.pt"
+    assert [e["id"] for e in zoo.entries(model=TOY)] == ["toy-a"]
+    assert zoo.entries(model="hyperprior") == [] and len(zoo.entries(lmbda=0.01)) == 1
+    with pytest.raises(ValueError, match="unknown zoo filter"):
+        zoo.entries(lmbd=0.01)
+
+    model = zoo.load("toy-a")
+    assert model.checkpoint_meta["zoo_id"] == "toy-a" and len(model.fingerprint) == 16
+    assert torch.allclose(model.enc.weight, read_checkpoint(ckpt)["state_dict"]["enc.weight"])
+
+    # replacing an entry keeps one entry per id
+    zoo.add_entry(ckpt, "toy-a", metrics={"psnr": 22.0}, cpu_minutes=0.01, fp16=False)
+    assert [e["metrics"] for e in zoo.load_manifest()["entries"]] == [{"psnr": 22.0}]
+
+    with open(dirs.zoo / "toy-a.pt", "ab") as f:
+        f.write(b"x")
+    assert not zoo.verify("toy-a")
+    with pytest.raises(ValueError, match="does not match the manifest"):
+        zoo.load("toy-a")
+    (dirs.zoo / "toy-a.pt").unlink()
+    with pytest.raises(FileNotFoundError, match="missing"):
+        zoo.load("toy-a")
+    with pytest.raises(ValueError, match="unknown zoo entry 'nope'; entries in .*: toy-a"):
+        zoo.load("nope")
+
+
+def test_load_or_train_trains_then_hits_the_cache(dirs):
+    m1, info1 = zoo.load_or_train(TOY, budget_steps=4, progress=False, lmbda=0.02)
+    assert info1["source"] == "trained" and info1["steps"] == 4 and dirs.calls == ["train"]
+    assert Path(info1["path"]).parent == dirs.cache and Path(info1["path"]).is_file()
+    m2, info2 = zoo.load_or_train(TOY, budget_steps=4, progress=False, lmbda=0.02)
+    assert info2["source"] == "cache" and dirs.calls == ["train"]  # no training the second time
+    assert info2["path"] == info1["path"] and m1.fingerprint == m2.fingerprint
+    # another config is another cache entry
+    _, info3 = zoo.load_or_train(TOY, budget_steps=4, progress=False, lmbda=0.03)
+    assert info3["source"] == "trained" and info3["path"] != info1["path"]
+
+
+def test_load_or_train_prefers_the_zoo(dirs):
+    zoo.add_entry(trained_ckpt(dirs.root / "full.pt", lmbda=0.05), "toy-full", metrics={}, cpu_minutes=0.0)
+    model, info = zoo.load_or_train(TOY, budget_steps=2, progress=False, lmbda=0.05, num_workers=1)
+    assert info["source"] == "zoo" and info["entry_id"] == "toy-full" and dirs.calls == ["train"]
+    assert model.checkpoint_meta["zoo_id"] == "toy-full"
+    _, info = zoo.load_or_train(TOY, entry_id="toy-full", progress=False)
+    assert info["source"] == "zoo"
+    with pytest.raises(ValueError, match="not 'hyperprior'"):
+        zoo.load_or_train("hyperprior", entry_id="toy-full")
+
+
+def test_build_zoo_from_specs(dirs, monkeypatch):
+    monkeypatch.setattr(zoo, "ZOO_SPECS", [])
+    monkeypatch.setitem(zoo.METRIC_FNS, "toy_eval",
+                        lambda model, cfg: {"n_params": sum(p.numel() for p in model.parameters())})
+    zoo.register_spec("toy-b", TOY, "laptop", {"lmbda": 0.1, "steps": 3}, "toy_eval")
+    zoo.register_spec("toy-c", TOY, "laptop", {"steps": 3, "arch": {"N": 2}}, None)
+    with pytest.raises(ValueError, match=r"unknown zoo spec\(s\) \['toy-x'\]; specs: toy-b, toy-c"):
+        zoo.build_zoo(["toy-x"])
+    added = zoo.build_zoo(workdir=dirs.root / "build", progress=False)
+    assert [e["id"] for e in added] == ["toy-b", "toy-c"]
+    by_id = {e["id"]: e for e in zoo.load_manifest()["entries"]}
+    assert by_id["toy-b"]["metrics"]["n_params"] > 0 and by_id["toy-b"]["config"]["lmbda"] == 0.1
+    assert set(by_id["toy-c"]["metrics"]) >= {"loss", "mse", "bpp"} and by_id["toy-c"]["arch"] == {"N": 2}
+    assert "--arch N=2" in by_id["toy-c"]["created_by"]
+    assert all(zoo.verify(e) for e in by_id.values())
