@@ -167,6 +167,24 @@ def _command_line(model: str, profile: str, config: dict, arch: dict, file: str)
     return " ".join(parts + [f"-o {file}"])
 
 
+class _ManifestLock:
+    """Exclusive lock around a manifest read-modify-write (parallel ``zoo build`` processes)."""
+
+    def __enter__(self):
+        import fcntl
+
+        zoo_dir().mkdir(parents=True, exist_ok=True)
+        self.fh = open(zoo_dir() / ".manifest.lock", "w")
+        fcntl.flock(self.fh, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc):
+        import fcntl
+
+        fcntl.flock(self.fh, fcntl.LOCK_UN)
+        self.fh.close()
+
+
 def add_entry(ckpt_path: str | Path, entry_id: str, metrics: dict, cpu_minutes: float, fp16: bool = True,
               created_by: str | None = None) -> dict:
     """Export a training checkpoint into the zoo as ``<entry_id>.pt`` and add (or replace) its manifest entry."""
@@ -184,24 +202,27 @@ def add_entry(ckpt_path: str | Path, entry_id: str, metrics: dict, cpu_minutes: 
         "file": file, "sha256": sha256_of(dst), "bytes": dst.stat().st_size, "fp16": bool(fp16),
         "created_by": created_by or _command_line(ckpt["model"], ckpt["profile"], ckpt["config"], ckpt["arch"], file),
     }
-    entry = json.loads(json.dumps(entry, default=str))  # plain JSON types (tuples -> lists)
-    manifest = load_manifest()
-    manifest["format"] = MANIFEST_FORMAT
-    ids = [e["id"] for e in manifest["entries"]]
-    if entry_id in ids:
-        manifest["entries"][ids.index(entry_id)] = entry
-    else:
-        manifest["entries"].append(entry)
-    _write_manifest(manifest)
+    # plain JSON types (tuples -> lists); paths under the home directory written as ~ (no machine's name)
+    entry = json.loads(json.dumps(entry, default=str).replace(json.dumps(str(Path.home()))[1:-1] + "/", "~/"))
+    with _ManifestLock():
+        manifest = load_manifest()
+        manifest["format"] = MANIFEST_FORMAT
+        ids = [e["id"] for e in manifest["entries"]]
+        if entry_id in ids:
+            manifest["entries"][ids.index(entry_id)] = entry
+        else:
+            manifest["entries"].append(entry)
+        _write_manifest(manifest)
     return entry
 
 
 def _set_metrics(entry_id: str, metrics: dict) -> None:
-    manifest = load_manifest()
-    for e in manifest["entries"]:
-        if e["id"] == entry_id:
-            e["metrics"] = {k: float(v) for k, v in metrics.items()}
-    _write_manifest(manifest)
+    with _ManifestLock():
+        manifest = load_manifest()
+        for e in manifest["entries"]:
+            if e["id"] == entry_id:
+                e["metrics"] = {k: float(v) for k, v in metrics.items()}
+        _write_manifest(manifest)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -322,6 +343,16 @@ def _train_spec(spec: dict, workdir: str, progress: bool, threads: int | None = 
     if threads:
         torch.set_num_threads(threads)
     cfg, arch = _spec_config(spec)
+    if cfg.init_from.startswith("@"):  # "@<spec id>": that recipe's training checkpoint, else its zoo file
+        src = cfg.init_from[1:]
+        path = Path(workdir) / f"{src}.pt"
+        if not path.is_file():
+            try:
+                path = zoo_dir() / get_entry(src)["file"]
+            except (KeyError, ValueError):
+                raise FileNotFoundError(f"spec {spec['id']!r} starts from {src!r}, which is neither trained in "
+                                        f"{workdir} nor in the zoo: build {src!r} first") from None
+        cfg = dataclasses.replace(cfg, init_from=str(path))
     seed_everything(cfg.seed)
     model = create_model(spec["model"], spec["profile"], **arch)
     ckpt = Path(workdir) / f"{spec['id']}.pt"

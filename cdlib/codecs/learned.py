@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..bitstream import BitstreamError, Header
+from ..bitstream import BitstreamError, Header, unpack
 from .base import Codec, register_codec
 
 
@@ -153,3 +153,80 @@ def factorized_codec(**kw) -> LearnedCodec:
 @register_codec("hyperprior")
 def hyperprior_codec(**kw) -> LearnedCodec:
     return _from_kwargs("hyperprior", label=kw.pop("label", "Mean-scale hyperprior"), **kw)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Codec: real bitstreams, plus classification straight from a stream
+# ----------------------------------------------------------------------------------------------------------
+class Bai2022Codec(LearnedCodec):
+    """:class:`LearnedCodec` of :class:`Bai2022` models with ``classify(stream) -> logits`` (no decoding)."""
+
+    @torch.no_grad()
+    def classify(self, data: bytes) -> torch.Tensor:
+        """Logits ``(1, num_classes)`` of a stream made by this codec; ``g_s`` never runs (see
+        :meth:`Bai2022.classify_from_strings`).  Raises :class:`BitstreamError` on a bad stream."""
+        header, strings = unpack(data)
+        if header.codec != self.name:
+            raise BitstreamError(f"stream was made by codec {header.codec!r}, not {self.name!r}")
+        if header.cfg_hash != self.cfg_hash(header.quality):
+            raise BitstreamError(f"stream needs model {header.cfg_hash.hex()}, this {self.name!r} codec has "
+                                 f"{self.cfg_hash(header.quality).hex()}: use the checkpoint the stream was made with")
+        model = self._model(header.quality)
+        hp, wp = header.height + header.pad_h, header.width + header.pad_w
+        if hp % self.stride or wp % self.stride:
+            raise BitstreamError(f"{self.name}: padded size {hp}x{wp} is not a multiple of the model stride {self.stride}")
+        if len(strings) != 2:
+            raise BitstreamError(f"{self.name}: stream has {len(strings)} latent strings, the model needs 2")
+        try:
+            return model.classify_from_strings([[strings[0]], [strings[1]]], (hp // self.stride, wp // self.stride))
+        except Exception as exc:  # the range decoder failed on a corrupt payload
+            raise BitstreamError(f"{self.name}: payload could not be decoded ({type(exc).__name__}: {exc})") from exc
+
+
+    @torch.no_grad()
+    def classify_batch(self, streams: Sequence[bytes], batch_size: int = 64) -> torch.Tensor:
+        """Logits ``(N, num_classes)`` of many streams of one rate point and image size, decoded in
+        batches (rANS per stream, the transformer once per batch).  ``g_s`` never runs."""
+        from ..bitstream import unpack
+
+        parsed = [unpack(d) for d in streams]
+        keys = {(h.codec, h.quality, h.height, h.width, h.pad_h, h.pad_w) for h, _ in parsed}
+        if len(keys) != 1:
+            return torch.cat([self.classify(d) for d in streams])
+        header = parsed[0][0]
+        if header.codec != self.name or header.cfg_hash != self.cfg_hash(header.quality):
+            return self.classify(streams[0])  # raises the precise BitstreamError
+        model = self._model(header.quality)
+        hp, wp = header.height + header.pad_h, header.width + header.pad_w
+        shape = (hp // self.stride, wp // self.stride)
+        out = []
+        for i in range(0, len(parsed), batch_size):
+            chunk = [strings for _, strings in parsed[i:i + batch_size]]
+            if any(len(st) != 2 for st in chunk):
+                raise BitstreamError(f"{self.name}: a stream does not hold the 2 latent strings the model needs")
+            try:
+                out.append(model.classify_from_strings([[st[0] for st in chunk], [st[1] for st in chunk]], shape))
+            except Exception as exc:
+                raise BitstreamError(f"{self.name}: payload could not be decoded ({type(exc).__name__}: {exc})") \
+                    from exc
+        return torch.cat(out)
+
+
+@register_codec("bai2022")
+def bai2022_codec(model=None, models=None, checkpoint=None, checkpoints=None, **kw) -> Bai2022Codec:
+    """``get_codec("bai2022", model=m | models=[...] | checkpoint=p | checkpoints=[...])``; with none of them,
+    the zoo's step-2 bai2022 checkpoints, ordered by rate."""
+    kw.setdefault("label", "Bai et al. 2022 (ViT on latents)")
+    kw.setdefault("name", "bai2022")
+    if model is not None or models is not None:
+        return Bai2022Codec([model] if model is not None else models, **kw)
+    if checkpoint is not None or checkpoints is not None:
+        return Bai2022Codec.from_checkpoints([checkpoint] if checkpoint is not None else checkpoints, **kw)
+    from .. import zoo
+
+    ids = [e["id"] for e in zoo.entries(model="bai2022", stage="step2")]
+    if not ids:
+        raise ValueError("codec 'bai2022' needs model=, checkpoint= or a step-2 zoo entry for 'bai2022' "
+                         "(run `make checkpoints`)")
+    loaded = sorted((zoo.load(i) for i in ids), key=lambda m: m.checkpoint_meta["config"]["lmbda"])
+    return Bai2022Codec(loaded, **kw)

@@ -1,0 +1,359 @@
+"""Paper A: one network that compresses an image and classifies it from the compressed latent.
+
+Y. Bai, X. Yang, X. Liu, J. Jiang, Y. Wang, X. Ji, W. Gao, "Towards End-to-End Image Compression and
+Analysis with Transformers", AAAI 2022.  The facts used here are those of
+``shared/reference/papers.md`` (gathered from the authors' public code); this file is written from them,
+not copied.
+
+Pipeline (224x224 input, paper profile)::
+
+    x -> g_a (4 conv5x5/2 + LeakyReLU) -> y 14x14x192 -> mean-scale hyperprior -> y_hat
+    y_hat -> 196 tokens, Linear(192->384) + cls + position embedding -> 12 ViT blocks (DeiT-S shape)
+        cls of the last block -> LayerNorm -> Linear -> logits              (analysis, no pixels needed)
+        tokens of (block input, blocks 1, 2, 3) -> aggregation -> g_s -> x_hat   (reconstruction)
+
+So the transformer is shared: classification never needs the decoder g_s, and the decoder needs only the
+first ``max(agg_blocks)`` blocks.  The CompressAI pieces (``EntropyBottleneck``, ``GaussianConditional``,
+``conv``/``deconv``, the rANS coder) are used as they are.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from compressai.entropy_models import EntropyBottleneck, GaussianConditional
+from compressai.models import CompressionModel
+from compressai.models.utils import conv, deconv
+from timm.layers import trunc_normal_
+from timm.models.vision_transformer import Block
+
+from ..registry import register_model
+from .baselines import bpp_of_likelihoods
+
+# (alpha, beta) of the step-2 loss alpha*CE + beta*MSE_255 + bpp, per rate point (papers.md, Paper A).
+# All three satisfy alpha = 100 * beta, so a config carries only beta, as ``lmbda``:
+# weights are {"ce": 100 * lmbda, "mse": lmbda * 255**2, "bpp": 1} (MSE on [0, 1] times 255**2 = MSE_255).
+QUALITIES = {"q1": (0.1, 0.001), "q2": (0.3, 0.003), "q3": (0.6, 0.006)}
+ALPHA_PER_BETA = 100.0
+STEP1_MSE_WEIGHT = 1e-3  # step 1: CE + 1e-3 * MSE_255, whatever the rate point
+
+# Step 1 = the DeiT recipe (AdamW, wd 0.05, lr 5e-4 * 1024 / 512 = 1e-3 for the paper's 8 x 128 batch, AMP);
+# the registered profiles are step 2.  Use: make_config("bai2022", profile, **STEP1_OVERRIDES), then step 2
+# with init_from=<step-1 checkpoint> and lmbda=QUALITIES[q][1].
+STEP1_OVERRIDES = {"stage": "step1", "optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.05, "amp": True}
+
+STAGES = ("step1", "step2")
+PATCH = 16  # pixels per latent position (g_a has four stride-2 convs); also the ViT patch of `patchify`
+
+
+def quality_overrides(quality: str) -> dict:
+    """Config overrides of a rate point: ``{"lmbda": beta}`` (alpha follows as 100 * beta)."""
+    if quality not in QUALITIES:
+        raise ValueError(f"unknown bai2022 quality {quality!r}; valid qualities: {', '.join(QUALITIES)}")
+    return {"lmbda": QUALITIES[quality][1]}
+
+
+def _parse_agg(agg_blocks, depth: int) -> tuple[int, ...]:
+    """``agg_blocks`` -> sorted tuple of indices; 0 = the projected tokens (block input), k = block k."""
+    if agg_blocks is None or agg_blocks == "last":
+        return ()
+    if isinstance(agg_blocks, str):
+        raise ValueError(f"agg_blocks must be 'last' or a sequence of block indices in 0..{depth}, got {agg_blocks!r}")
+    idx = tuple(int(i) for i in agg_blocks)
+    bad = [i for i in idx if not 0 <= i <= depth]
+    if bad or len(set(idx)) != len(idx):
+        raise ValueError(f"agg_blocks must be distinct block indices in 0..{depth} (0 = projected tokens), "
+                         f"got {list(agg_blocks)}")
+    return tuple(sorted(idx))
+
+
+_TRAIN = {
+    # ShapesWorld 64x64 (4x4 latent), 10 classes; CPU-sized.
+    "laptop": dict(dataset="shapes", image_size=64, num_classes=10, num_train=8000, batch_size=32,
+                   optimizer="adam", lr=1e-3, aux_lr=1e-3, steps=3000, warmup_steps=100, schedule="cosine",
+                   lmbda=QUALITIES["q2"][1], stage="step2", grad_clip=1.0),
+    # Step 2 of the paper: Adam 1e-4 (aux 1e-3), cosine, 5 warm-up epochs of 300, label smoothing 0.1, fp32.
+    # batch_size is per process (the paper: 8 GPUs x 128); 1251 steps = one ImageNet epoch at 1024.
+    "paper": dict(dataset="imagefolder", image_size=224, num_classes=1000, batch_size=128, optimizer="adam",
+                  lr=1e-4, aux_lr=1e-3, weight_decay=0.0, steps=300 * 1251, warmup_steps=5 * 1251,
+                  schedule="cosine", lmbda=QUALITIES["q2"][1], stage="step2", label_smoothing=0.1,
+                  amp=False, grad_clip=1.0, num_workers=8),
+}
+
+
+@register_model(
+    "bai2022",
+    arch={
+        "laptop": dict(N=32, M=64, D=64, depth=4, heads=4, num_classes=10, ref_grid=4,
+                       agg_blocks=(0, 1, 2, 3), patchify=False, drop_path=0.0),
+        "paper": dict(N=128, M=192, D=384, depth=12, heads=6, num_classes=1000, ref_grid=14,
+                      agg_blocks=(0, 1, 2, 3), patchify=False, drop_path=0.1),
+    },
+    train=_TRAIN,
+)
+class Bai2022(CompressionModel):
+    r"""Bai et al. 2022: one model that compresses and classifies, a ViT on the quantised latent.
+
+    Y. Bai, X. Yang, X. Liu, J. Jiang, Y. Wang, X. Ji, W. Gao, `"Towards End-to-End Image Compression
+    and Analysis with Transformers" <https://arxiv.org/abs/2112.09300>`_, AAAI 2022.
+
+    Args:
+        N, M: channels of the transforms and of the latent ``y`` (paper: 128, 192).
+        D, depth, heads: transformer width, number of blocks, attention heads (paper: DeiT-S 384, 12, 6).
+        num_classes: classifier outputs.
+        ref_grid: side of the latent grid the position embedding is defined on (paper 14 = 224 / 16);
+            it is bilinearly resized to any other latent grid, so any input multiple of 32 works.
+        agg_blocks: token features that feed the decoder, each through its own ``Linear(D -> D // k)``,
+            concatenated, then ``Linear -> D`` (paper: ``(0, 1, 2, 3)``, 0 = the projected tokens).
+            ``"last"`` or ``()``: the decoder takes the last block's (normed) tokens only (ablation).
+        patchify: ablation "decode, then analyse": ``g_s`` decodes ``y_hat`` directly and the transformer
+            reads 16x16 patches of ``x_hat`` (``Linear(3*16*16 -> D)``) instead of latent tokens.
+        drop_path: stochastic depth of the last block (linearly increasing), paper 0.1.
+
+    ``forward(x)`` returns ``{"x_hat", "likelihoods": {"y", "z"}, "logits"}``; ``forward(x, entropy=False)`` is
+    the step-1 path (no quantisation, no entropy model, empty likelihoods).  Training stages (``cfg.stage``):
+    ``"step1"``: CE + 1e-3 * MSE_255 without the entropy model; ``"step2"`` (default): alpha * CE +
+    beta * MSE_255 + bpp, with (alpha, beta) from :data:`QUALITIES` via ``cfg.lmbda = beta``.
+
+    Fidelity notes: in training ``y_hat`` is ``y`` plus uniform noise (CompressAI's convention) for the
+    rate, the transformer and the decoder alike; the aggregation's input 0 is the projected tokens plus
+    position embedding.  The hyperprior follows papers.md (z at 1/2 of y: ``h_a`` strides 1, 2, 1), so the
+    whole model has stride 32, not CompressAI's 64.
+    """
+
+    def __init__(self, N=128, M=192, D=384, depth=12, heads=6, num_classes=1000, ref_grid=14,
+                 agg_blocks=(0, 1, 2, 3), patchify=False, drop_path=0.1, mlp_ratio=4.0):
+        super().__init__()
+        if D % heads:
+            raise ValueError(f"D={D} must be a multiple of heads={heads}")
+        self.N, self.M, self.D, self.depth = int(N), int(M), int(D), int(depth)
+        self.ref_grid = int(ref_grid)
+        self.patchify = bool(patchify)
+        self.agg_idx = () if self.patchify else _parse_agg(agg_blocks, depth)
+        # step 1 leaves the hyperprior unused: DDP must be told
+        self.ddp_find_unused_parameters = True
+
+        self.g_a = nn.Sequential(
+            conv(3, N), nn.LeakyReLU(inplace=True),
+            conv(N, N), nn.LeakyReLU(inplace=True),
+            conv(N, N), nn.LeakyReLU(inplace=True),
+            conv(N, M),
+        )
+        # Hyperprior of papers.md: one stride 2 only (z of a 14x14 latent is 7x7); applied to y, not |y|.
+        self.h_a = nn.Sequential(
+            conv(M, N, kernel_size=3, stride=1), nn.LeakyReLU(inplace=True),
+            conv(N, N, kernel_size=5, stride=2), nn.LeakyReLU(inplace=True),
+            conv(N, N, kernel_size=5, stride=1),
+        )
+        self.h_s = nn.Sequential(
+            conv(N, M, kernel_size=5, stride=1), nn.LeakyReLU(inplace=True),
+            deconv(M, M * 3 // 2, kernel_size=5, stride=2), nn.LeakyReLU(inplace=True),
+            conv(M * 3 // 2, M * 2, kernel_size=3, stride=1),
+        )
+        self.entropy_bottleneck = EntropyBottleneck(N)
+        self.gaussian_conditional = GaussianConditional(None)
+
+        # Transformer on latent tokens (or on pixel patches of x_hat for the patchify ablation).
+        self.proj = nn.Linear(3 * PATCH * PATCH if self.patchify else M, D)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, D))
+        self.pos_embed = nn.Parameter(torch.zeros(1, 1 + self.ref_grid ** 2, D))
+        dpr = torch.linspace(0, drop_path, depth).tolist()
+        self.blocks = nn.ModuleList(
+            Block(D, heads, mlp_ratio=mlp_ratio, qkv_bias=True, drop_path=dpr[i]) for i in range(depth))
+        self.norm = nn.LayerNorm(D, eps=1e-6)
+        self.head = nn.Linear(D, num_classes)
+
+        # Aggregation (feeds the decoder): one Linear(D -> D // k) per selected feature, concat, Linear.
+        k = len(self.agg_idx)
+        if k:
+            self.agg_in = nn.ModuleList(nn.Linear(D, D // k) for _ in range(k))
+            self.agg_out = nn.Linear(k * (D // k), D)
+
+        c_in = M if self.patchify else D
+        self.g_s = nn.Sequential(
+            deconv(c_in, N), nn.LeakyReLU(inplace=True),
+            deconv(N, N), nn.LeakyReLU(inplace=True),
+            deconv(N, N), nn.LeakyReLU(inplace=True),
+            deconv(N, 3),
+        )
+        self._init_transformer()
+
+    def _init_transformer(self) -> None:
+        # ViT/DeiT initialisation for the token parts; the convolutions keep PyTorch's (as CompressAI).
+        trunc_normal_(self.pos_embed, std=0.02)
+        trunc_normal_(self.cls_token, std=0.02)
+        linears = [self.proj, self.head, *[m for m in self.blocks.modules() if isinstance(m, nn.Linear)]]
+        if self.agg_idx:
+            linears += [*self.agg_in, self.agg_out]
+        for m in linears:
+            trunc_normal_(m.weight, std=0.02)
+            nn.init.zeros_(m.bias)
+
+    @property
+    def downsampling_factor(self) -> int:
+        return PATCH * 2  # g_a: 16, h_a: 2 more
+
+    # -- pieces ---------------------------------------------------------------------------------------------
+    def _check_input(self, x: torch.Tensor) -> None:
+        s = self.downsampling_factor
+        if x.ndim != 4 or x.shape[1] != 3:
+            raise ValueError(f"expected images of shape (B, 3, H, W), got {tuple(x.shape)}")
+        if x.shape[-2] % s or x.shape[-1] % s:
+            raise ValueError(f"bai2022: height and width must be multiples of {s}, got {tuple(x.shape[-2:])} "
+                             f"(pad first, e.g. cdlib.codecs.learned.pad_to)")
+
+    def _pos(self, h: int, w: int) -> torch.Tensor:
+        """Position embedding for an h x w grid: the reference grid, bilinearly resized if needed."""
+        cls_pos, grid = self.pos_embed[:, :1], self.pos_embed[:, 1:]
+        if (h, w) != (self.ref_grid, self.ref_grid):
+            r = self.ref_grid
+            grid = grid.reshape(1, r, r, -1).permute(0, 3, 1, 2)
+            grid = F.interpolate(grid, size=(h, w), mode="bilinear", align_corners=False)
+            grid = grid.flatten(2).transpose(1, 2)
+        return torch.cat([cls_pos, grid], dim=1)
+
+    def _tokens(self, feat: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """(B, 1 + h*w, D) input tokens of y_hat (or of x_hat's 16x16 patches) and the grid (h, w)."""
+        if self.patchify:
+            h, w = feat.shape[-2] // PATCH, feat.shape[-1] // PATCH
+            seq = F.unfold(feat, PATCH, stride=PATCH).transpose(1, 2)  # (B, h*w, 3*16*16)
+        else:
+            h, w = feat.shape[-2:]
+            seq = feat.flatten(2).transpose(1, 2)  # (B, h*w, M)
+        t = self.proj(seq)
+        t = torch.cat([self.cls_token.expand(t.shape[0], -1, -1), t], dim=1)
+        return t + self._pos(h, w), (h, w)
+
+    def _run_blocks(self, t: torch.Tensor, upto: int) -> list[torch.Tensor]:
+        """Run blocks 1..upto; return [input, out_1, ..., out_upto] (index = block number)."""
+        feats = [t]
+        for blk in self.blocks[:upto]:
+            t = blk(t)
+            feats.append(t)
+        return feats
+
+    def _decoder_input(self, feats: list[torch.Tensor], hw: tuple[int, int]) -> torch.Tensor:
+        """Aggregated token features (cls dropped) as a (B, D, h, w) map for g_s."""
+        if self.agg_idx:
+            parts = [lin(feats[i][:, 1:]) for lin, i in zip(self.agg_in, self.agg_idx)]
+            tok = self.agg_out(torch.cat(parts, dim=-1))
+        else:  # ablation: the last block only
+            tok = self.norm(feats[-1])[:, 1:]
+        return tok.transpose(1, 2).reshape(tok.shape[0], -1, *hw)
+
+    def _analyse_and_reconstruct(self, y_hat: torch.Tensor, need_logits: bool = True, need_image: bool = True):
+        """(logits or None, x_hat or None) from y_hat; runs only the blocks that are needed."""
+        logits = x_hat = None
+        if self.patchify:  # decode, then analyse the decoded pixels
+            x_hat = self.g_s(y_hat)
+            if need_logits:
+                t, _ = self._tokens(x_hat)
+                logits = self.head(self.norm(self._run_blocks(t, self.depth)[-1][:, 0]))
+            return logits, x_hat
+        t, hw = self._tokens(y_hat)
+        upto = self.depth if (need_logits or not self.agg_idx) else max(self.agg_idx)
+        feats = self._run_blocks(t, upto)
+        if need_logits:
+            logits = self.head(self.norm(feats[-1][:, 0]))
+        if need_image:
+            x_hat = self.g_s(self._decoder_input(feats, hw))
+        return logits, x_hat
+
+    def _means_scales(self, z_hat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        scales_hat, means_hat = self.h_s(z_hat).chunk(2, 1)
+        return scales_hat, means_hat
+
+    # -- CompressAI interface -------------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor, entropy: bool = True) -> dict:
+        """``{"x_hat", "likelihoods": {"y", "z"}, "logits"}``; ``entropy=False``: step 1 (y_hat = y, no rate)."""
+        self._check_input(x)
+        y = self.g_a(x)
+        if not entropy:
+            logits, x_hat = self._analyse_and_reconstruct(y)
+            return {"x_hat": x_hat, "likelihoods": {}, "logits": logits}
+        z = self.h_a(y)
+        z_hat, z_likelihoods = self.entropy_bottleneck(z)
+        scales_hat, means_hat = self._means_scales(z_hat)
+        # training: y + noise; eval: round(y - means) + means, the very y_hat that compress/decompress code
+        y_hat, y_likelihoods = self.gaussian_conditional(y, scales_hat, means=means_hat)
+        logits, x_hat = self._analyse_and_reconstruct(y_hat)
+        return {"x_hat": x_hat, "likelihoods": {"y": y_likelihoods, "z": z_likelihoods}, "logits": logits}
+
+    def compress(self, x: torch.Tensor) -> dict:
+        self._check_input(x)
+        y = self.g_a(x)
+        z = self.h_a(y)
+        z_strings = self.entropy_bottleneck.compress(z)
+        z_hat = self.entropy_bottleneck.decompress(z_strings, z.size()[-2:])
+        scales_hat, means_hat = self._means_scales(z_hat)
+        indexes = self.gaussian_conditional.build_indexes(scales_hat)
+        y_strings = self.gaussian_conditional.compress(y, indexes, means=means_hat)
+        return {"strings": [y_strings, z_strings], "shape": z.size()[-2:]}
+
+    def decode_latent(self, strings, shape) -> torch.Tensor:
+        """Entropy-decode ``y_hat`` from ``[y_strings, z_strings]`` and the z grid ``shape``."""
+        if len(strings) != 2:
+            raise ValueError(f"bai2022 needs 2 latent strings (y, z), got {len(strings)}")
+        z_hat = self.entropy_bottleneck.decompress(strings[1], shape)
+        scales_hat, means_hat = self._means_scales(z_hat)
+        indexes = self.gaussian_conditional.build_indexes(scales_hat)
+        return self.gaussian_conditional.decompress(strings[0], indexes, z_hat.dtype, means_hat)
+
+    def decompress(self, strings, shape) -> dict:
+        """``{"x_hat"}`` in [0, 1]; runs only the transformer blocks that the aggregation reads."""
+        y_hat = self.decode_latent(strings, shape)
+        _, x_hat = self._analyse_and_reconstruct(y_hat, need_logits=False)
+        return {"x_hat": x_hat.clamp_(0, 1)}
+
+    def classify_from_strings(self, strings, shape) -> torch.Tensor:
+        """Logits (B, num_classes) from the bitstream strings, without pixels: y_hat -> transformer -> head.
+
+        Decode-free: ``g_s`` (and the aggregation) never run, except in the ``patchify`` ablation, whose
+        whole point is to analyse decoded pixels."""
+        y_hat = self.decode_latent(strings, shape)
+        logits, _ = self._analyse_and_reconstruct(y_hat, need_image=False)
+        return logits
+
+    # -- training protocol (cdlib.train) --------------------------------------------------------------------
+    @staticmethod
+    def _stage(cfg) -> str:
+        stage = getattr(cfg, "stage", "") or "step2"
+        if stage not in STAGES:
+            raise ValueError(f"bad value {stage!r} for 'stage' of bai2022; valid values: {', '.join(STAGES)}")
+        return stage
+
+    def loss_terms(self, batch: dict, cfg) -> dict:
+        """step1: {"ce", "mse"} without the entropy model; step2: {"ce", "mse", "bpp"}."""
+        if "label" not in batch:
+            raise ValueError("bai2022 trains on labelled images: the batch has no 'label' "
+                             "(use dataset=shapes or imagefolder)")
+        stage = self._stage(cfg)
+        x = batch["image"]
+        out = self(x, entropy=stage == "step2")
+        terms = {"ce": F.cross_entropy(out["logits"], batch["label"], label_smoothing=cfg.label_smoothing),
+                 "mse": F.mse_loss(out["x_hat"], x)}
+        if stage == "step2":
+            n, _, h, w = x.shape
+            terms["bpp"] = bpp_of_likelihoods(out["likelihoods"], n * h * w)
+        return terms
+
+    def loss_weights(self, cfg) -> dict:
+        """step1: CE + 1e-3 * MSE_255; step2: alpha * CE + beta * MSE_255 + bpp (beta = cfg.lmbda)."""
+        if self._stage(cfg) == "step1":
+            return {"ce": 1.0, "mse": STEP1_MSE_WEIGHT * 255.0**2}
+        return {"ce": ALPHA_PER_BETA * cfg.lmbda, "mse": cfg.lmbda * 255.0**2, "bpp": 1.0}
+
+    @torch.no_grad()
+    def metrics(self, batch: dict) -> dict:
+        """accuracy (when labelled), psnr of the clamped x_hat, bpp_est from the likelihoods."""
+        x = batch["image"]
+        out = self(x)
+        n, _, h, w = x.shape
+        mse = F.mse_loss(out["x_hat"].clamp(0, 1), x).item()
+        res = {"psnr": 10 * math.log10(1 / max(mse, 1e-12)),
+               "bpp_est": bpp_of_likelihoods(out["likelihoods"], n * h * w).item()}
+        if "label" in batch:
+            res["accuracy"] = (out["logits"].argmax(1) == batch["label"]).float().mean().item()
+        return res

@@ -1,0 +1,313 @@
+"""bai2022 (Paper A): sizes, the two training stages, real bitstreams, decode-free classification."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from cdlib.bitstream import BitstreamError, pack, unpack
+from cdlib.codecs import get_codec
+from cdlib.config import make_config
+from cdlib.codecs.learned import Bai2022Codec
+from cdlib.models.bai2022 import QUALITIES, STEP1_OVERRIDES, Bai2022, quality_overrides
+from cdlib.models.baselines import bpp_of_likelihoods
+from cdlib.registry import create_model
+
+
+def _laptop(seed=0, **arch):
+    torch.manual_seed(seed)
+    return create_model("bai2022", "laptop", **arch)
+
+
+def _batch(n=2, size=64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    # smooth images (a blurred noise field), closer to photos than white noise
+    x = torch.rand(n, 3, size // 8, size // 8, generator=g)
+    x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+    return {"image": x, "label": torch.randint(0, 10, (n,), generator=g)}
+
+
+@pytest.fixture(scope="module")
+def model():
+    m = _laptop()
+    m.eval()
+    m.update(force=True)
+    return m
+
+
+def test_paper_profile_size_and_forward_256x320():
+    torch.manual_seed(0)
+    m = create_model("bai2022", "paper").eval()
+    n = sum(p.numel() for p in m.parameters())
+    print(f"bai2022 paper profile: {n / 1e6:.3f} M parameters")
+    assert abs(n - 29.67e6) / 29.67e6 < 0.01, n
+    assert m.pos_embed.shape == (1, 197, 384)  # 14x14 reference grid + cls, as the 224x224 original
+    with torch.no_grad():
+        out = m(torch.rand(1, 3, 256, 320))  # 16x20 latent: position embedding interpolated
+    assert out["x_hat"].shape == (1, 3, 256, 320)
+    assert out["logits"].shape == (1, 1000)
+    assert out["likelihoods"]["y"].shape == (1, 192, 16, 20)
+    assert out["likelihoods"]["z"].shape == (1, 128, 8, 10)
+
+
+@pytest.mark.parametrize("hw", [(64, 64), (96, 128)])
+def test_laptop_forward_shapes(model, hw):
+    x = torch.rand(2, 3, *hw)
+    with torch.no_grad():
+        out = model(x)
+        step1 = model(x, entropy=False)
+    h, w = hw[0] // 16, hw[1] // 16
+    assert out["x_hat"].shape == x.shape and out["logits"].shape == (2, 10)
+    assert out["likelihoods"]["y"].shape == (2, model.M, h, w)
+    assert out["likelihoods"]["z"].shape == (2, model.N, h // 2, w // 2)
+    assert step1["likelihoods"] == {} and step1["x_hat"].shape == x.shape
+    assert model.downsampling_factor == 32
+
+
+def test_bad_input_refused(model):
+    with pytest.raises(ValueError, match="multiples of 32"):
+        model(torch.rand(1, 3, 48, 64))
+    with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
+        model(torch.rand(1, 1, 64, 64))
+    with pytest.raises(ValueError, match="agg_blocks"):
+        _laptop(agg_blocks=(0, 5))
+    with pytest.raises(ValueError, match="agg_blocks"):
+        _laptop(agg_blocks="first")
+
+
+@pytest.mark.parametrize("stage", ["step1", "step2"])
+def test_loss_terms_per_stage(stage):
+    m = _laptop().train()
+    cfg = make_config("bai2022", "laptop", stage=stage, **quality_overrides("q1"))
+    terms = m.loss_terms(_batch(), cfg)
+    assert set(terms) == ({"ce", "mse"} if stage == "step1" else {"ce", "mse", "bpp"})
+    assert all(torch.isfinite(t) for t in terms.values())
+    weights = m.loss_weights(cfg)
+    if stage == "step1":
+        assert weights == pytest.approx({"ce": 1.0, "mse": 1e-3 * 255**2})
+    else:
+        alpha, beta = QUALITIES["q1"]
+        assert weights == pytest.approx({"ce": alpha, "mse": beta * 255**2, "bpp": 1.0})
+    sum(weights[k] * terms[k] for k in weights).backward()
+    assert m.proj.weight.grad is not None and m.g_a[0].weight.grad is not None
+    assert m.g_s[0].weight.grad is not None and m.agg_out.weight.grad is not None
+    # step 1 has no entropy model: the hyperprior gets no gradient
+    assert (m.h_s[0].weight.grad is None) == (stage == "step1")
+
+
+def test_stage_and_label_errors():
+    m = _laptop()
+    with pytest.raises(ValueError, match="step1, step2"):
+        m.loss_terms(_batch(), make_config("bai2022", "laptop", stage="step3"))
+    with pytest.raises(ValueError, match="label"):
+        m.loss_terms({"image": _batch()["image"]}, make_config("bai2022", "laptop"))
+
+
+def test_qualities_and_step1_overrides():
+    assert list(QUALITIES) == ["q1", "q2", "q3"]
+    assert quality_overrides("q3") == {"lmbda": 0.006}
+    with pytest.raises(ValueError, match="q1, q2, q3"):
+        quality_overrides("q9")
+    cfg = make_config("bai2022", "laptop", **STEP1_OVERRIDES)
+    assert cfg.stage == "step1" and cfg.optimizer == "adamw"
+    assert make_config("bai2022", "laptop").stage == "step2"
+    paper = make_config("bai2022", "paper", data_path="/data/imagenet")
+    assert (paper.optimizer, paper.lr, paper.label_smoothing, paper.amp) == ("adam", 1e-4, 0.1, False)
+
+
+@pytest.mark.parametrize("arch", [dict(agg_blocks="last"), dict(agg_blocks=()), dict(agg_blocks=(4,)),
+                                  dict(agg_blocks=[1, 3]), dict(patchify=True)])
+def test_ablations_run(arch):
+    m = _laptop(**arch).train()
+    cfg = make_config("bai2022", "laptop")
+    terms = m.loss_terms(_batch(), cfg)
+    sum(m.loss_weights(cfg)[k] * terms[k] for k in terms).backward()
+    m.eval().update(force=True)
+    x = _batch(1)["image"]
+    with torch.no_grad():
+        out = m(x)
+        c = m.compress(x)
+        x_hat = m.decompress(c["strings"], c["shape"])["x_hat"]
+        logits = m.classify_from_strings(c["strings"], c["shape"])
+    torch.testing.assert_close(x_hat, out["x_hat"].clamp(0, 1), atol=1e-5, rtol=0)
+    torch.testing.assert_close(logits, out["logits"], atol=1e-5, rtol=0)
+
+
+def test_compress_decompress_matches_forward(model):
+    x = _batch(2, 64)["image"]
+    with torch.no_grad():
+        out = model(x)
+        c = model.compress(x)
+        dec = model.decompress(c["strings"], c["shape"])
+        y_hat = model.decode_latent(c["strings"], c["shape"])
+    assert y_hat.shape == (2, model.M, 4, 4)
+    torch.testing.assert_close(dec["x_hat"], out["x_hat"].clamp(0, 1), atol=1e-5, rtol=0)
+
+
+def test_decoder_needs_only_the_aggregated_blocks(model, monkeypatch):
+    # laptop: agg_blocks (0, 1, 2, 3) of 4 blocks -> reconstruction never runs block 4
+    def boom(*a, **k):
+        raise AssertionError("block 4 ran")
+
+    x = _batch(1)["image"]
+    with torch.no_grad():
+        ref = model(x)["x_hat"].clamp(0, 1)
+        c = model.compress(x)
+        monkeypatch.setattr(model.blocks[3], "forward", boom)
+        torch.testing.assert_close(model.decompress(c["strings"], c["shape"])["x_hat"], ref, atol=1e-5, rtol=0)
+
+
+def test_classify_from_strings_is_decode_free(model, monkeypatch):
+    x = _batch(3, 64, seed=1)["image"]
+    with torch.no_grad():
+        ref = model(x)["logits"]
+        c = model.compress(x)
+
+    def boom(*a, **k):
+        raise AssertionError("the decoder ran")
+
+    monkeypatch.setattr(model.g_s, "forward", boom)
+    monkeypatch.setattr(model.agg_out, "forward", boom)
+    with torch.no_grad():
+        logits = model.classify_from_strings(c["strings"], c["shape"])
+    torch.testing.assert_close(logits, ref, atol=1e-5, rtol=0)
+    with pytest.raises(AssertionError, match="decoder ran"):
+        model.decompress(c["strings"], c["shape"])
+
+
+def _image(h, w, seed=0):
+    x = _batch(1, 128, seed)["image"][0, :, :h, :w]
+    return (x.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+
+
+def test_codec_roundtrip_and_classify(model, monkeypatch):
+    codec = get_codec("bai2022", model=model)
+    assert isinstance(codec, Bai2022Codec) and codec.name == "bai2022" and codec.stride == 32
+    img = _image(50, 70)  # padded to 64x96 inside
+    data = codec.encode(img, 0)
+    header, strings = unpack(data)
+    assert len(strings) == 2 and all(len(s) > 0 for s in strings)
+    assert codec.decode(data).shape == img.shape
+    from cdlib.codecs.learned import pad_to, to_tensor
+
+    xp, _, _ = pad_to(to_tensor([img]), 32)
+    with torch.no_grad():
+        out = model(xp)
+    monkeypatch.setattr(model.g_s, "forward", lambda *a, **k: (_ for _ in ()).throw(AssertionError("g_s ran")))
+    torch.testing.assert_close(codec.classify(data), out["logits"], atol=1e-5, rtol=0)
+
+
+def test_bytes_bpp_close_to_likelihood_bpp(model):
+    codec = get_codec("bai2022", model=model)
+    img = _image(128, 128, seed=2)
+    header, strings = unpack(codec.encode(img, 0))
+    payload_bits = 8 * sum(len(s) for s in strings)
+    from cdlib.codecs.learned import to_tensor
+
+    with torch.no_grad():
+        lik_bits = float(bpp_of_likelihoods(model(to_tensor([img]))["likelihoods"], 1))
+    # rANS adds a few bytes per string (flush) and escape codes for an untrained model's outliers
+    assert abs(payload_bits - lik_bits) <= 0.15 * lik_bits + 2 * 8 * 8, (payload_bits, lik_bits)
+
+
+def test_corrupt_streams_raise(model):
+    codec = get_codec("bai2022", model=model)
+    data = codec.encode(_image(64, 64), 0)
+    for fn in (codec.decode, codec.classify):
+        with pytest.raises(BitstreamError, match="truncated"):
+            fn(data[:-5])
+        flipped = bytearray(data)
+        flipped[-3] ^= 0xFF
+        with pytest.raises(BitstreamError, match="checksum"):
+            fn(bytes(flipped))
+        header, strings = unpack(data)
+        one = pack(header.codec, strings[:1], header.height, header.width, header.pad_h, header.pad_w,
+                   header.quality, header.cfg_hash)
+        with pytest.raises(BitstreamError, match="latent strings"):
+            fn(one)
+        other = pack("hyperprior", strings, header.height, header.width, header.pad_h, header.pad_w,
+                     header.quality, header.cfg_hash)
+        with pytest.raises(BitstreamError, match="made by codec 'hyperprior'"):
+            fn(other)
+    torch.manual_seed(5)
+    stranger = get_codec("bai2022", model=create_model("bai2022", "laptop"))
+    with pytest.raises(BitstreamError, match="checkpoint"):
+        stranger.classify(data)
+
+
+class _Tiny(torch.utils.data.Dataset):
+    def __init__(self, n=8):
+        b = _batch(n, 64, seed=3)
+        self.items = [{"image": b["image"][i], "label": b["label"][i]} for i in range(n)]
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        return self.items[i]
+
+
+def test_train_step1_then_step2(tmp_path):
+    from cdlib.train import load_model, train
+
+    common = dict(steps=3, batch_size=4, warmup_steps=0, log_every=1, device="cpu")
+    m = _laptop()
+    cfg1 = make_config("bai2022", "laptop", **{**STEP1_OVERRIDES, **common})
+    r1 = train(m, cfg1, out=tmp_path / "step1.pt", dataset=_Tiny(), progress=False)
+    assert r1["step"] == 3 and set(r1["metrics"]) >= {"ce", "mse"} and "bpp" not in r1["metrics"]
+
+    m2 = _laptop(seed=1)
+    cfg2 = make_config("bai2022", "laptop", init_from=str(tmp_path / "step1.pt"), **common,
+                       **quality_overrides("q2"))
+    r2 = train(m2, cfg2, out=tmp_path / "step2.pt", dataset=_Tiny(), progress=False)
+    assert r2["init_from"]["missing"] == [] and r2["init_from"]["shape_mismatch"] == []
+    assert all(math.isfinite(r2["metrics"][k]) for k in ("ce", "mse", "bpp", "loss"))
+
+    loaded = load_model(tmp_path / "step2.pt")
+    assert isinstance(loaded, Bai2022)
+    metrics = loaded.metrics(_batch(2))
+    assert set(metrics) == {"accuracy", "psnr", "bpp_est"}
+    codec = get_codec("bai2022", checkpoint=str(tmp_path / "step2.pt"))
+    data = codec.encode(_image(64, 64), 0)
+    assert codec.decode(data).shape == (64, 64, 3) and codec.classify(data).shape == (1, 10)
+
+
+def test_paper_profile_ddp_on_fake_imagefolder(tmp_path):
+    """The paper-profile path (ImageFolder data, both steps, torchrun + gloo, 2 processes), with tiny sizes."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from PIL import Image
+
+    from cdlib.train import read_checkpoint
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for c in ("n01", "n02", "n03"):
+            for k in range(4):
+                p = tmp_path / "imagenet" / split / c / f"{k}.JPEG"
+                p.parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(p)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    tiny = ["--arch", "N=8", "--arch", "M=16", "--arch", "D=32", "--arch", "depth=4", "--arch", "heads=2",
+            "--arch", "ref_grid=2", "--arch", "num_classes=3"]
+    sets = ["--set", f"data_path={tmp_path / 'imagenet'}", "--set", "image_size=64", "--set", "batch_size=2",
+            "--set", "steps=2", "--set", "warmup_steps=0", "--set", "num_workers=0", "--set", "num_classes=3",
+            "--set", "device=cpu", "--set", "amp=false"]
+    step1 = tmp_path / "step1.pt"
+    for extra, out in ((["--set", "stage=step1", "--set", "optimizer=adamw"], step1),
+                       (["--set", "stage=step2", "--set", f"init_from={step1}"], tmp_path / "step2.pt")):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
+               "--master_addr=127.0.0.1", f"--master_port={port}", "-m", "cdlib", "train", "bai2022",
+               "--profile", "paper", "--quiet", *tiny, *sets, *extra, "-o", str(out)]
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+        ckpt = read_checkpoint(out)
+        assert ckpt["step"] == 2 and ckpt["world_size"] == 2 and ckpt["profile"] == "paper"
+    assert set(read_checkpoint(tmp_path / "step2.pt")["metrics"]) >= {"ce", "mse", "bpp"}

@@ -1,0 +1,48 @@
+"""The shipped checkpoint zoo: every file matches its manifest entry, and reloaded checkpoints reproduce
+the metrics the manifest records (measured again here with the same code and real bitstreams)."""
+import json
+
+import pytest
+
+from cdlib import recipes, zoo
+
+ENTRIES = zoo.load_manifest()["entries"] if zoo.manifest_path().is_file() else []
+pytestmark = pytest.mark.skipif(not ENTRIES, reason="no zoo shipped in this checkout")
+
+
+@pytest.mark.parametrize("entry", ENTRIES, ids=[e["id"] for e in ENTRIES])
+def test_file_matches_manifest(entry):
+    path = zoo.zoo_dir() / entry["file"]
+    assert path.is_file(), f"{path} missing"
+    assert zoo.sha256_of(path) == entry["sha256"]
+    assert path.stat().st_size == entry["bytes"]
+    assert entry["metrics"], "every entry records what it reached"
+    assert entry["created_by"].startswith("python -m cdlib train")
+
+
+def test_zoo_is_small():
+    total = sum((zoo.zoo_dir() / e["file"]).stat().st_size for e in ENTRIES)
+    assert total < 40 * 2**20, f"zoo is {total / 2**20:.1f} MiB"
+
+
+def test_every_recipe_is_shipped():
+    shipped = {e["id"] for e in ENTRIES}
+    missing = [s["id"] for s in zoo.ZOO_SPECS if s["id"] not in shipped]
+    assert not missing, f"recipes without a zoo entry (run `make checkpoints`): {missing}"
+
+
+# One entry per metric function (the others use the same code); bai2022 on its highest rate point.
+REMEASURED = ["hyperprior_q2", "pixel_classifier", "bai2022_q4"]
+
+
+@pytest.mark.parametrize("entry_id", REMEASURED)
+def test_metrics_reproduce(entry_id):
+    entry = zoo.get_entry(entry_id)
+    spec = next(s for s in zoo.ZOO_SPECS if s["id"] == entry_id)
+    cfg, _ = zoo._spec_config(spec)
+    got = zoo.METRIC_FNS[spec["eval_fn"]](zoo.load(entry_id), cfg)
+    for k, v in entry["metrics"].items():
+        # byte counts and accuracies are exact; PSNR of a decode may move in the last float digits with the
+        # CPU's vector width, hence 1e-4 relative
+        tol = 1e-4 if k == "psnr" else 1e-9
+        assert got[k] == pytest.approx(v, rel=tol, abs=1e-12), (k, got[k], v, json.dumps(entry["metrics"]))
