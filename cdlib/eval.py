@@ -241,6 +241,15 @@ def _classify(classifier: Callable, images: np.ndarray, batch_size: int) -> torc
     return torch.cat(preds)
 
 
+def _images_and_labels(images, labels):
+    """uint8 (N, H, W, 3) images and int64 labels of the same length."""
+    images = _as_image_batch(images)
+    labels = _tensor(labels).long()
+    if len(labels) != len(images):
+        raise ValueError(f"{len(images)} images but {len(labels)} labels")
+    return images, labels
+
+
 def rate_accuracy_curve(codec, images, labels, classifier: Callable, qualities=None,
                         batch_size: int = 256, progress: bool = True) -> pd.DataFrame:
     """Decode-then-classify curve: one row per quality with
@@ -249,10 +258,7 @@ def rate_accuracy_curve(codec, images, labels, classifier: Callable, qualities=N
     ``images``: uint8 ``(N, H, W, 3)``; ``classifier`` maps a float ``(B, 3, H, W)`` batch in [0, 1]
     to logits (an ``nn.Module`` is run in eval mode under ``no_grad`` on its own device).
     """
-    images = _as_image_batch(images)
-    labels = _tensor(labels).long()
-    if len(labels) != len(images):
-        raise ValueError(f"{len(images)} images but {len(labels)} labels")
+    images, labels = _images_and_labels(images, labels)
     h, w = images.shape[1:3]
     rows = []
     for q in tqdm(_codec_qualities(codec, qualities), desc=f"rate-acc {codec.name}", disable=not progress):
@@ -291,10 +297,7 @@ def compressed_domain_curve(codec, images, labels, qualities=None, progress: boo
     ``decode=False`` skips the pixel decoding (``psnr`` and ``decode_s`` are then NaN)."""
     if not callable(getattr(codec, "classify_batch", None)):
         raise TypeError(f"codec {codec.name!r} cannot classify from its bitstream (no classify_batch)")
-    images = _as_image_batch(images)
-    labels = _tensor(labels).long()
-    if len(labels) != len(images):
-        raise ValueError(f"{len(images)} images but {len(labels)} labels")
+    images, labels = _images_and_labels(images, labels)
     h, w = images.shape[1:3]
     rows = []
     for q in tqdm(_codec_qualities(codec, qualities), desc=f"compressed-domain {codec.name}", disable=not progress):

@@ -18,7 +18,6 @@ first ``max(agg_blocks)`` blocks.  The CompressAI pieces (``EntropyBottleneck``,
 """
 from __future__ import annotations
 
-import math
 
 import torch
 import torch.nn as nn
@@ -30,7 +29,7 @@ from timm.layers import trunc_normal_
 from timm.models.vision_transformer import Block
 
 from ..registry import register_model
-from .baselines import bpp_of_likelihoods
+from .baselines import bpp_of_likelihoods, rd_metrics
 
 # (alpha, beta) of the step-2 loss alpha*CE + beta*MSE_255 + bpp, per rate point (papers.md, Paper A).
 # All three satisfy alpha = 100 * beta, so a config carries only beta, as ``lmbda``:
@@ -350,10 +349,7 @@ class Bai2022(CompressionModel):
         """accuracy (when labelled), psnr of the clamped x_hat, bpp_est from the likelihoods."""
         x = batch["image"]
         out = self(x)
-        n, _, h, w = x.shape
-        mse = F.mse_loss(out["x_hat"].clamp(0, 1), x).item()
-        res = {"psnr": 10 * math.log10(1 / max(mse, 1e-12)),
-               "bpp_est": bpp_of_likelihoods(out["likelihoods"], n * h * w).item()}
+        res = rd_metrics(x, out)
         if "label" in batch:
             res["accuracy"] = (out["logits"].argmax(1) == batch["label"]).float().mean().item()
         return res

@@ -40,11 +40,15 @@ class RateDistortionMixin:
     @torch.no_grad()
     def metrics(self, batch: dict) -> dict:
         x = batch["image"]
-        out = self(x)
-        n, _, h, w = x.shape
-        mse = F.mse_loss(out["x_hat"].clamp(0, 1), x).item()
-        return {"psnr": 10 * math.log10(1 / max(mse, 1e-12)),
-                "bpp_est": bpp_of_likelihoods(out["likelihoods"], n * h * w).item()}
+        return rd_metrics(x, self(x))
+
+
+def rd_metrics(x: torch.Tensor, out: dict) -> dict:
+    """PSNR of the clamped ``out["x_hat"]`` against ``x`` and the likelihood bpp of ``out["likelihoods"]``."""
+    n, _, h, w = x.shape
+    mse = F.mse_loss(out["x_hat"].clamp(0, 1), x).item()
+    return {"psnr": 10 * math.log10(1 / max(mse, 1e-12)),
+            "bpp_est": bpp_of_likelihoods(out["likelihoods"], n * h * w).item()}
 
 
 # Training profiles shared by both baselines.  Paper: the CompressAI/Balle recipe
