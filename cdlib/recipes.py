@@ -18,7 +18,7 @@ HYPERPRIOR_LAMBDAS = {"q1": 0.0035, "q2": 0.0085, "q3": 0.02, "q4": 0.05}
 HYPERPRIOR_STEPS = 3000
 # 256x256 crops, as at paper scale: the hyper-latent z (stride 64) is then 4x4 with an interior, as on the
 # held-out photos.  Trained on 64x64 crops (z 1x1) the hyper-synthesis never sees an interior position, and at
-# 256 px ~2% of the latents land in the far tails of their predicted Gaussians (chapter 1, exercise 5).
+# 256 px 1-3% of the latents land in the far tails of their predicted Gaussians (chapter 1, exercise 5).
 HYPERPRIOR_CROP, HYPERPRIOR_BATCH = 256, 4
 
 # ShapesWorld test set used for every accuracy number in the zoo.
