@@ -73,6 +73,8 @@ OUTPUT_ERROR_RE = re.compile(
     r"CalledProcessError|OSError)\b"
 )
 STDERR_ERROR_RE = re.compile(r"(Error|Exception|Traceback)")
+# $...$ left as text in a cell's Markdown output: it was not parsed as MyST (nb_render_markdown_format).
+RAW_MATH_RE = re.compile(r"\$[^$\s][^$]{0,200}?\$")
 REDIRECT_RE = re.compile(r'<meta\s+http-equiv="refresh"\s+content="\d+;\s*url=([^"]+)"', re.I)
 
 # Added by the local server before </body>: waits for every image, then records naturalWidth and the
@@ -257,6 +259,9 @@ def check_page(rel: str, html_dir: Path, base_url: str, chromium: str, shots: Pa
     m = OUTPUT_ERROR_RE.search(out_text)
     if m:
         res.errors.append(f"{m.group(1)} in a cell output")
+    m = RAW_MATH_RE.search(out_text)
+    if m:
+        res.errors.append(f"unrendered math in a cell output: {m.group(0)[:60]!r}")
     err_text = "".join(static.stderr_text)
     if STDERR_ERROR_RE.search(err_text):
         snippet = " ".join(err_text.split())[:100]
