@@ -213,6 +213,38 @@ def rd_curve(codec, images: Sequence[np.ndarray], qualities=None, progress: bool
     return pd.DataFrame(rows)
 
 
+TAIL_LIKELIHOOD = 1e-6  # below this a latent lies in the far tails, where rANS sends escape codes
+
+
+@torch.no_grad()
+def stream_report(codec, images: Sequence[np.ndarray], qualities=None, progress: bool = False) -> pd.DataFrame:
+    """Real bytes against the model's own estimate, per (rate point, image), for a learned codec.
+
+    Columns: ``quality, image, pixels, bytes, header_bytes, payload_bits, estimated_bits, tail_latents,
+    latents``.  ``payload_bits`` counts the entropy-coded strings (container header apart);
+    ``estimated_bits`` is ``-sum log2 p`` over every latent of the same model on the same padded input;
+    ``tail_latents`` counts latents with likelihood below :data:`TAIL_LIKELIHOOD`.
+    """
+    from .codecs.learned import pad_to, to_tensor
+
+    if not hasattr(codec, "models"):
+        raise ValueError(f"stream_report needs a learned codec (with .models); got {codec.name!r}")
+    rows = []
+    for q in tqdm(_codec_qualities(codec, qualities), desc=f"streams {codec.name}", disable=not progress):
+        model = codec.models[q].eval()
+        for i, img in enumerate(images):
+            data = codec.encode(img, q)
+            header, strings = unpack(data)
+            x, _, _ = pad_to(to_tensor([img]), codec.stride)
+            lik = model(x)["likelihoods"]
+            rows.append({"quality": q, "image": i, "pixels": img.shape[0] * img.shape[1], "bytes": len(data),
+                         "header_bytes": header.size, "payload_bits": 8 * sum(map(len, strings)),
+                         "estimated_bits": float(sum(-torch.log2(v).sum() for v in lik.values())),
+                         "tail_latents": int(sum((v < TAIL_LIKELIHOOD).sum() for v in lik.values())),
+                         "latents": sum(v.numel() for v in lik.values())})
+    return pd.DataFrame(rows)
+
+
 def _as_image_batch(images) -> np.ndarray:
     arr = images.numpy() if isinstance(images, torch.Tensor) else np.asarray(images)
     if arr.ndim != 4 or arr.shape[-1] != 3 or arr.dtype != np.uint8:

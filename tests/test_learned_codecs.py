@@ -94,3 +94,17 @@ def test_bytes_bpp_matches_likelihood_at_256(q):
     assert abs(payload_bpp / lik_bpp - 1) < 0.02, (payload_bpp, lik_bpp)
     # the container overhead is reported apart and stays small
     assert header.size < 64
+    # the chapters' report (cdlib.eval.stream_report) gives the same numbers
+    from cdlib.eval import stream_report
+
+    row = stream_report(codec, [img]).iloc[0]
+    assert row["payload_bits"] == payload_bpp * 256 * 256 and row["header_bytes"] == header.size
+    assert row["estimated_bits"] == pytest.approx(lik_bpp * 256 * 256, rel=1e-5)
+    assert 0 <= row["tail_latents"] < row["latents"]
+
+
+def test_stream_report_needs_a_learned_codec():
+    from cdlib.eval import stream_report
+
+    with pytest.raises(ValueError, match="learned codec"):
+        stream_report(get_codec("jpeg"), [_photo(16, 16)])
