@@ -16,6 +16,9 @@ from typing import Any
 from .registry import PROFILES, check_profile
 
 DATASETS = ("shapes", "photos", "imagefolder", "flatfolder")
+# "": the dataset's crops and flips only; "timm": + timm's default colour jitter (0.4); "deit": + RandAugment,
+# random erasing, mixup/cutmix (cdlib.augment)
+AUGMENTS = ("", "timm", "deit")
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,7 @@ class TrainConfig:
     channels_last: bool = True     # used only on CUDA
     grad_clip: float = 1.0         # 0 disables
     label_smoothing: float = 0.0
+    augment: str = ""              # "" | "timm" | "deit" (cdlib.augment)
     dataset: str = "shapes"        # shapes | photos | imagefolder | flatfolder
     data_path: str = ""            # root of a user-given dataset (imagefolder/flatfolder)
     num_train: int = 4000          # ShapesWorld training images
@@ -64,6 +68,7 @@ _CHOICES = {
     "optimizer": ("adam", "adamw"),
     "schedule": ("cosine", "constant"),
     "dataset": DATASETS,
+    "augment": AUGMENTS,
 }
 _POSITIVE = ("steps", "batch_size", "lr", "image_size", "num_classes", "log_every", "ckpt_every", "num_train")
 _NON_NEGATIVE = ("aux_lr", "weight_decay", "warmup_steps", "lmbda", "grad_clip", "label_smoothing", "num_workers", "seed")
@@ -119,6 +124,8 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     dev = cfg.device
     if not (dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit())):
         raise ValueError(f"bad value {dev!r} for 'device'; valid values: auto, cpu, cuda, cuda:N")
+    if cfg.augment == "deit" and cfg.batch_size % 2:
+        raise ValueError(f"augment='deit' mixes pairs of images: batch_size must be even, got {cfg.batch_size}")
     if cfg.dataset in ("imagefolder", "flatfolder") and not cfg.data_path:
         raise ValueError(f"dataset {cfg.dataset!r} needs data_path (set data_path=/path/to/dataset)")
     return cfg

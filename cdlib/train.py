@@ -438,6 +438,13 @@ def train(model: nn.Module, cfg: TrainConfig, out: str | Path | None = None, dat
             from .data import build_dataset
 
             dataset = build_dataset(cfg, "train")
+        from .augment import batch_transform, wrap_dataset
+
+        dataset = wrap_dataset(dataset, cfg)  # cfg.augment: per-image part (RandAugment, erasing)
+        mix = batch_transform(cfg)  # and per-batch part (mixup/cutmix), or None
+        if mix is not None and getattr(dataset, "num_classes", cfg.num_classes) != cfg.num_classes:
+            raise ValueError(f"augment='deit' makes {cfg.num_classes}-class soft targets (num_classes) but the "
+                             f"dataset has {dataset.num_classes} classes: set num_classes={dataset.num_classes}")
         global_batch = cfg.batch_size * world
         steps_per_epoch = len(epoch_batches(len(dataset), global_batch, cfg.seed, 0))
 
@@ -470,6 +477,8 @@ def train(model: nn.Module, cfg: TrainConfig, out: str | Path | None = None, dat
             for batch in loader:
                 seed_everything(mix_seed(cfg.seed, rank, step))  # the randomness of a step (noise, dropout)
                 batch = _to_device(batch, device, channels_last)
+                if mix is not None:
+                    batch = mix(batch)
 
                 with torch.autocast(device.type, dtype=amp_dtype) if use_amp else contextlib.nullcontext():
                     loss, terms = runner(batch)

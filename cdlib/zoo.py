@@ -233,7 +233,11 @@ def _json(obj: Any) -> Any:
 
 
 def _matchable(config: dict) -> dict:
-    return _json({k: v for k, v in config.items() if k not in MATCH_IGNORED})
+    from .config import TrainConfig
+
+    # a key missing from a stored config was added to TrainConfig later: the entry was trained with its default
+    full = {**TrainConfig().to_dict(), **config}
+    return _json({k: v for k, v in full.items() if k not in MATCH_IGNORED})
 
 
 def _default_arch(model_name: str, profile: str, cfg, arch: dict | None) -> dict:
@@ -308,14 +312,19 @@ def load_or_train(model_name: str, profile: str = "laptop", entry_id: str | None
 # Building the zoo (`make checkpoints`)
 # ----------------------------------------------------------------------------------------------------------
 def register_spec(entry_id: str, model: str, profile: str, overrides: dict | None = None,
-                  eval_fn_name: str | None = None) -> dict:
+                  eval_fn_name: str | None = None, other_profiles: dict | None = None) -> dict:
     """Add a zoo recipe.  ``overrides``: training-config values (an ``"arch"`` key holds architecture
     overrides); ``eval_fn_name``: key of :data:`METRIC_FNS` computing the entry's metrics
-    (``None``: the final training loss terms)."""
+    (``None``: the final training loss terms).  ``other_profiles``: the overrides that carry over when
+    the same recipe runs on another profile (default: ``overrides`` without ``"steps"``, so the profile's
+    own step count applies)."""
     if not _ID.match(entry_id):
         raise ValueError(f"bad zoo entry id {entry_id!r}: use letters, digits, '_', '-', '.'")
-    spec = {"id": entry_id, "model": model, "profile": profile, "overrides": dict(overrides or {}),
-            "eval_fn": eval_fn_name}
+    overrides = dict(overrides or {})
+    if other_profiles is None:
+        other_profiles = {k: v for k, v in overrides.items() if k != "steps"}
+    spec = {"id": entry_id, "model": model, "profile": profile, "overrides": overrides,
+            "other_profiles": dict(other_profiles), "eval_fn": eval_fn_name}
     for i, s in enumerate(ZOO_SPECS):
         if s["id"] == entry_id:
             ZOO_SPECS[i] = spec

@@ -210,6 +210,40 @@ def test_bytes_bpp_close_to_likelihood_bpp(model):
     assert abs(payload_bits - lik_bits) <= 0.15 * lik_bits + 2 * 8 * 8, (payload_bits, lik_bits)
 
 
+@pytest.mark.parametrize("local", [True, False])
+def test_local_hyperprior_is_the_same_on_any_image_size(local):
+    """The laptop hyperprior (kernels 1-2-1, unpadded) gives the same scales and means for a latent grid
+    as for each of its 4x4 tiles (the 64-px training geometry); the paper's 3x3/5x5 kernels do not."""
+    m = _laptop(local_hyperprior=local).eval()
+    y = torch.randn(1, m.M, 8, 12, generator=torch.Generator().manual_seed(0)) * 3
+
+    def params(t):
+        with torch.no_grad():
+            return m.h_s(torch.round(m.h_a(t)))
+
+    whole = params(y)
+    tiled = torch.cat([torch.cat([params(y[..., i:i + 4, j:j + 4]) for j in range(0, 12, 4)], dim=-1)
+                       for i in range(0, 8, 4)], dim=-2)
+    assert whole.shape == tiled.shape == (1, 2 * m.M, 8, 12)
+    if local:
+        torch.testing.assert_close(whole, tiled, atol=1e-5, rtol=1e-5)
+    else:
+        assert (whole - tiled).abs().max() > 1e-2
+
+
+@pytest.mark.parametrize("rid", ["bai2022_q1", "bai2022_q2", "bai2022_q3", "bai2022_q4"])
+def test_zoo_bytes_within_2pct_of_estimate_on_photos(rid):
+    """Shipped rate points: real rANS payload within 2% of the likelihood estimate, either way, summed over
+    the held-out photos at 256 px (larger than the 64-px training images), as chapter 3 asserts."""
+    from cdlib import recipes, zoo
+    from cdlib.eval import stream_report
+
+    codec = Bai2022Codec([zoo.load(rid).eval()], name="bai2022")
+    rep = stream_report(codec, recipes.photo_test_images())
+    gap = rep["payload_bits"].sum() / rep["estimated_bits"].sum() - 1
+    assert abs(gap) < 0.02, (rid, gap, rep[["payload_bits", "estimated_bits", "tail_latents"]])
+
+
 def test_corrupt_streams_raise(model):
     codec = get_codec("bai2022", model=model)
     data = codec.encode(_image(64, 64), 0)
@@ -301,7 +335,7 @@ def test_paper_profile_ddp_on_fake_imagefolder(tmp_path):
             "--set", "steps=2", "--set", "warmup_steps=0", "--set", "num_workers=0", "--set", "num_classes=3",
             "--set", "device=cpu", "--set", "amp=false"]
     step1 = tmp_path / "step1.pt"
-    for extra, out in ((["--set", "stage=step1", "--set", "optimizer=adamw"], step1),
+    for extra, out in ((["--set", "stage=step1", "--set", "optimizer=adamw", "--set", "augment=deit"], step1),
                        (["--set", "stage=step2", "--set", f"init_from={step1}"], tmp_path / "step2.pt")):
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
                "--master_addr=127.0.0.1", f"--master_port={port}", "-m", "cdlib", "train", "bai2022",

@@ -288,6 +288,24 @@ def test_config_errors_list_valid_choices():
     assert parse_value("steps", "12") == 12 and make_config(TOY, "laptop", lr="0.5").lr == 0.5
 
 
+def test_deit_augment_trains_reproducibly_and_resumes_exactly(tmp_path):
+    deit = {"augment": "deit", "num_classes": 3}  # the toy's classes: mixup builds one-hot targets
+    full, rfull = run(tmp_path, "full.pt", **deit)
+    plain, _ = run(None)
+    assert not same_weights(full, plain)  # mixup and RandAugment changed what was learned
+    again, ragain = run(None, **deit)
+    assert same_weights(full, again) and ragain["history"] == rfull["history"]
+
+    def stop_at_6(step, record):
+        if step == 6:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path, "cut.pt", callback=stop_at_6, **deit)
+    resumed, rres = run(tmp_path, "cut.pt", model=fresh_model(123), **deit)
+    assert rres["resumed_from"] == 5 and same_weights(full, resumed) and rres["history"] == rfull["history"]
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -159,3 +159,25 @@ def test_build_zoo_from_specs(dirs, monkeypatch):
     assert set(by_id["toy-c"]["metrics"]) >= {"loss", "mse", "bpp"} and by_id["toy-c"]["arch"] == {"N": 2}
     assert "--arch N=2" in by_id["toy-c"]["created_by"]
     assert all(zoo.verify(e) for e in by_id.values())
+
+
+def test_recipe_on_another_profile_keeps_its_identity_not_its_laptop_settings(monkeypatch):
+    from cdlib import recipes, zoo as zoo_mod
+
+    calls = []
+
+    def fake(model_name, profile, budget_steps=None, arch=None, progress=False, **cfg):
+        calls.append((model_name, profile, arch, cfg))
+        return None, {"path": f"/ckpt/{len(calls)}.pt"}
+
+    monkeypatch.setattr(zoo_mod, "load_or_train", fake)
+    recipes.load_recipe("bai2022_q2_last", "paper", data_path="/data/imagenet")
+    (_, p1, _, c1), (_, p2, a2, c2) = calls
+    # step 1 first, as the paper's step 1 (AMP, DeiT augmentation), without the laptop's settings
+    assert p1 == p2 == "paper" and c1["stage"] == "step1" and c1["amp"] is True and c1["augment"] == "deit"
+    assert "steps" not in c1 and "steps" not in c2 and c2["data_path"] == "/data/imagenet"
+    assert c2["init_from"] == "/ckpt/1.pt" and c2["lmbda"] == 0.003 and a2 == {"agg_blocks": "last"}
+    calls.clear()
+    recipes.load_recipe("bai2022_step1")  # the laptop recipe as the zoo trained it
+    assert calls[0][3]["augment"] == "" and calls[0][3]["amp"] is False
+    assert calls[0][3]["steps"] == recipes.BAI_STEP1_STEPS

@@ -29,7 +29,7 @@ from timm.layers import trunc_normal_
 from timm.models.vision_transformer import Block
 
 from ..registry import register_model
-from .baselines import bpp_of_likelihoods, rd_metrics
+from .baselines import bpp_of_likelihoods, classification_loss, rd_metrics
 
 # (alpha, beta) of the step-2 loss alpha*CE + beta*MSE_255 + bpp, per rate point (papers.md, Paper A).
 # All three satisfy alpha = 100 * beta, so a config carries only beta, as ``lmbda``:
@@ -41,7 +41,8 @@ STEP1_MSE_WEIGHT = 1e-3  # step 1: CE + 1e-3 * MSE_255, whatever the rate point
 # Step 1 = the DeiT recipe (AdamW, wd 0.05, lr 5e-4 * 1024 / 512 = 1e-3 for the paper's 8 x 128 batch, AMP);
 # the registered profiles are step 2.  Use: make_config("bai2022", profile, **STEP1_OVERRIDES), then step 2
 # with init_from=<step-1 checkpoint> and lmbda=QUALITIES[q][1].
-STEP1_OVERRIDES = {"stage": "step1", "optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.05, "amp": True}
+STEP1_OVERRIDES = {"stage": "step1", "optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.05, "amp": True,
+                   "augment": "deit"}  # RandAugment m9, erasing 0.25, mixup 0.8 / cutmix 1.0 (cdlib.augment)
 
 STAGES = ("step1", "step2")
 PATCH = 16  # pixels per latent position (g_a has four stride-2 convs); also the ViT patch of `patchify`
@@ -72,13 +73,14 @@ _TRAIN = {
     # ShapesWorld 64x64 (4x4 latent), 10 classes; CPU-sized.
     "laptop": dict(dataset="shapes", image_size=64, num_classes=10, num_train=8000, batch_size=32,
                    optimizer="adam", lr=1e-3, aux_lr=1e-3, steps=3000, warmup_steps=100, schedule="cosine",
-                   lmbda=QUALITIES["q2"][1], stage="step2", grad_clip=1.0),
-    # Step 2 of the paper: Adam 1e-4 (aux 1e-3), cosine, 5 warm-up epochs of 300, label smoothing 0.1, fp32.
+                   lmbda=QUALITIES["q2"][1], stage="step2", grad_clip=1.0, augment="timm"),
+    # Step 2 of the paper: Adam 1e-4 (aux 1e-3), cosine, 5 warm-up epochs of 300, label smoothing 0.1, fp32,
+    # timm's default training transform (crops, flips, colour jitter 0.4: augment="timm").
     # batch_size is per process (the paper: 8 GPUs x 128); 1251 steps = one ImageNet epoch at 1024.
     "paper": dict(dataset="imagefolder", image_size=224, num_classes=1000, batch_size=128, optimizer="adam",
                   lr=1e-4, aux_lr=1e-3, weight_decay=0.0, steps=300 * 1251, warmup_steps=5 * 1251,
                   schedule="cosine", lmbda=QUALITIES["q2"][1], stage="step2", label_smoothing=0.1,
-                  amp=False, grad_clip=1.0, num_workers=8),
+                  amp=False, grad_clip=1.0, num_workers=8, augment="timm"),
 }
 
 
@@ -86,9 +88,9 @@ _TRAIN = {
     "bai2022",
     arch={
         "laptop": dict(N=32, M=64, D=64, depth=4, heads=4, num_classes=10, ref_grid=4,
-                       agg_blocks=(0, 1, 2, 3), patchify=False, drop_path=0.0),
+                       agg_blocks=(0, 1, 2, 3), patchify=False, drop_path=0.0, local_hyperprior=True),
         "paper": dict(N=128, M=192, D=384, depth=12, heads=6, num_classes=1000, ref_grid=14,
-                      agg_blocks=(0, 1, 2, 3), patchify=False, drop_path=0.1),
+                      agg_blocks=(0, 1, 2, 3), patchify=False, drop_path=0.1, local_hyperprior=False),
     },
     train=_TRAIN,
 )
@@ -110,6 +112,11 @@ class Bai2022(CompressionModel):
         patchify: ablation "decode, then analyse": ``g_s`` decodes ``y_hat`` directly and the transformer
             reads 16x16 patches of ``x_hat`` (``Linear(3*16*16 -> D)``) instead of latent tokens.
         drop_path: stochastic depth of the last block (linearly increasing), paper 0.1.
+        local_hyperprior: laptop only.  ``h_a``/``h_s`` keep the paper's layers, widths and strides, but
+            their kernels shrink to 1, 2 (stride 2, no padding), 1: each position of ``z`` then sees exactly
+            one 2x2 block of ``y``, with no zero padding, so the hyperprior computes the same thing on any
+            image size.  On 64-px training images ``z`` is 2x2 and the paper's 3x3/5x5 kernels see only
+            borders; on larger images their interior predictions are off (chapter 3, exercise 5).
 
     ``forward(x)`` returns ``{"x_hat", "likelihoods": {"y", "z"}, "logits"}``; ``forward(x, entropy=False)`` is
     the step-1 path (no quantisation, no entropy model, empty likelihoods).  Training stages (``cfg.stage``):
@@ -119,11 +126,13 @@ class Bai2022(CompressionModel):
     Fidelity notes: in training ``y_hat`` is ``y`` plus uniform noise (CompressAI's convention) for the
     rate, the transformer and the decoder alike; the aggregation's input 0 is the projected tokens plus
     position embedding.  The hyperprior follows papers.md (z at 1/2 of y: ``h_a`` strides 1, 2, 1), so the
-    whole model has stride 32, not CompressAI's 64.
+    whole model has stride 32, not CompressAI's 64.  The laptop profile sets ``local_hyperprior`` (see
+    above): its 64-px training images give a 2x2 ``z``, too small for the paper's kernels to learn an interior.
     """
 
     def __init__(self, N=128, M=192, D=384, depth=12, heads=6, num_classes=1000, ref_grid=14,
-                 agg_blocks=(0, 1, 2, 3), patchify=False, drop_path=0.1, mlp_ratio=4.0):
+                 agg_blocks=(0, 1, 2, 3), patchify=False, drop_path=0.1, mlp_ratio=4.0,
+                 local_hyperprior=False):
         super().__init__()
         if D % heads:
             raise ValueError(f"D={D} must be a multiple of heads={heads}")
@@ -141,16 +150,29 @@ class Bai2022(CompressionModel):
             conv(N, M),
         )
         # Hyperprior of papers.md: one stride 2 only (z of a 14x14 latent is 7x7); applied to y, not |y|.
-        self.h_a = nn.Sequential(
-            conv(M, N, kernel_size=3, stride=1), nn.LeakyReLU(inplace=True),
-            conv(N, N, kernel_size=5, stride=2), nn.LeakyReLU(inplace=True),
-            conv(N, N, kernel_size=5, stride=1),
-        )
-        self.h_s = nn.Sequential(
-            conv(N, M, kernel_size=5, stride=1), nn.LeakyReLU(inplace=True),
-            deconv(M, M * 3 // 2, kernel_size=5, stride=2), nn.LeakyReLU(inplace=True),
-            conv(M * 3 // 2, M * 2, kernel_size=3, stride=1),
-        )
+        self.local_hyperprior = bool(local_hyperprior)
+        if self.local_hyperprior:  # same layers, kernels 1 / 2 (stride 2, unpadded) / 1: no border effects
+            self.h_a = nn.Sequential(
+                nn.Conv2d(M, N, 1), nn.LeakyReLU(inplace=True),
+                nn.Conv2d(N, N, 2, stride=2), nn.LeakyReLU(inplace=True),
+                nn.Conv2d(N, N, 1),
+            )
+            self.h_s = nn.Sequential(
+                nn.Conv2d(N, M, 1), nn.LeakyReLU(inplace=True),
+                nn.ConvTranspose2d(M, M * 3 // 2, 2, stride=2), nn.LeakyReLU(inplace=True),
+                nn.Conv2d(M * 3 // 2, M * 2, 1),
+            )
+        else:
+            self.h_a = nn.Sequential(
+                conv(M, N, kernel_size=3, stride=1), nn.LeakyReLU(inplace=True),
+                conv(N, N, kernel_size=5, stride=2), nn.LeakyReLU(inplace=True),
+                conv(N, N, kernel_size=5, stride=1),
+            )
+            self.h_s = nn.Sequential(
+                conv(N, M, kernel_size=5, stride=1), nn.LeakyReLU(inplace=True),
+                deconv(M, M * 3 // 2, kernel_size=5, stride=2), nn.LeakyReLU(inplace=True),
+                conv(M * 3 // 2, M * 2, kernel_size=3, stride=1),
+            )
         self.entropy_bottleneck = EntropyBottleneck(N)
         self.gaussian_conditional = GaussianConditional(None)
 
@@ -331,7 +353,7 @@ class Bai2022(CompressionModel):
         stage = self._stage(cfg)
         x = batch["image"]
         out = self(x, entropy=stage == "step2")
-        terms = {"ce": F.cross_entropy(out["logits"], batch["label"], label_smoothing=cfg.label_smoothing),
+        terms = {"ce": classification_loss(out["logits"], batch["label"], cfg.label_smoothing),
                  "mse": F.mse_loss(out["x_hat"], x)}
         if stage == "step2":
             n, _, h, w = x.shape

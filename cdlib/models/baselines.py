@@ -17,6 +17,19 @@ from compressai.models import FactorizedPrior, MeanScaleHyperprior
 from ..registry import register_model
 
 
+def classification_loss(logits: torch.Tensor, label: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
+    """Cross-entropy with class indices, or with soft targets (B, C) from mixup/cutmix.
+
+    Soft targets already carry the label smoothing (:class:`cdlib.augment.BatchMixup`), so it is not
+    applied twice."""
+    if label.is_floating_point():
+        if label.shape != logits.shape:
+            raise ValueError(f"soft targets of shape {tuple(label.shape)} for logits of shape {tuple(logits.shape)}: "
+                             "the config's num_classes must be the model's number of classes")
+        return F.cross_entropy(logits, label)
+    return F.cross_entropy(logits, label, label_smoothing=label_smoothing)
+
+
 def bpp_of_likelihoods(likelihoods: dict, num_pixels: int) -> torch.Tensor:
     """Estimated bits per pixel: -sum(log2 p) over every latent, per image pixel."""
     return sum(-torch.log(lk).sum() for lk in likelihoods.values()) / (math.log(2) * num_pixels)

@@ -4,9 +4,9 @@ from __future__ import annotations
 import timm
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from ..registry import register_model
+from .baselines import classification_loss
 
 
 class PixelClassifier(nn.Module):
@@ -32,7 +32,7 @@ class PixelClassifier(nn.Module):
 
     def loss_terms(self, batch: dict, cfg) -> dict:
         logits = self(batch["image"])
-        return {"ce": F.cross_entropy(logits, batch["label"], label_smoothing=cfg.label_smoothing)}
+        return {"ce": classification_loss(logits, batch["label"], cfg.label_smoothing)}
 
     def loss_weights(self, cfg) -> dict:
         return {"ce": 1.0}
