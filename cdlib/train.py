@@ -440,7 +440,7 @@ def train(model: nn.Module, cfg: TrainConfig, out: str | Path | None = None, dat
             dataset = build_dataset(cfg, "train")
         from .augment import batch_transform, wrap_dataset
 
-        dataset = wrap_dataset(dataset, cfg)  # cfg.augment: per-image part (RandAugment, erasing)
+        dataset = wrap_dataset(dataset, cfg)  # cfg.augment: per-image part (colour jitter; RandAugment, erasing)
         mix = batch_transform(cfg)  # and per-batch part (mixup/cutmix), or None
         if mix is not None and getattr(dataset, "num_classes", cfg.num_classes) != cfg.num_classes:
             raise ValueError(f"augment='deit' makes {cfg.num_classes}-class soft targets (num_classes) but the "
