@@ -16,8 +16,6 @@ import random
 import numpy as np
 import torch
 
-from .config import AUGMENTS  # noqa: F401  (the valid values of cfg.augment)
-
 RAND_AUGMENT = "rand-m9-mstd0.5-inc1"
 ERASE_PROB = 0.25
 COLOR_JITTER = 0.4  # timm's default training transform (Paper A, step 2): brightness, contrast, saturation
