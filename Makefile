@@ -4,6 +4,7 @@
 #   make book                      build the book (chapters executed, laptop profile), HTML in _build/html
 #   make book-fresh                the same, re-executing every chapter (drops the execution cache)
 #   make test                      unit tests + every notebooks/*.ipynb executed with nbval
+#   make test-fast                 unit tests not marked slow (the edit-run loop; run make test before landing)
 #   make grade [CDLIB_SOLUTIONS=solutions/]   grade exercise solutions (tests/test_exercises.py)
 #   make sync                      jupytext --sync book/ch*.md <-> notebooks/ch*.ipynb
 #   make reproduce CHAPTER=ch03_bai2022 PROFILE=paper DEVICE=cuda DATA=/path [STEPS=N] [SET="k=v k2=v2"]
@@ -38,10 +39,10 @@ CDLIB_SOLUTIONS ?=
 
 NBVAL_TIMEOUT ?= 600
 
-.PHONY: help venv book book-fresh test grade sync reproduce checkpoints bench site-check clean
+.PHONY: help venv book book-fresh test test-fast grade sync reproduce checkpoints bench site-check clean
 
 help:
-	@sed -n '3,15p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '3,16p' Makefile | sed 's/^# \{0,1\}//'
 
 # --------------------------------------------------------------------------- environment
 $(STAMP): pyproject.toml
@@ -82,6 +83,9 @@ test: $(STAMP)
 		if (( nrc != 0 )); then rc=$$nrc; fi; \
 	fi; \
 	exit $$rc
+
+test-fast: $(STAMP)
+	$(PY) -m pytest tests -q -m "not slow"
 
 grade: $(STAMP)
 	@test -f tests/test_exercises.py || { echo "tests/test_exercises.py does not exist yet" >&2; exit 2; }

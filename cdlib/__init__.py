@@ -12,7 +12,7 @@ __version__ = "0.1.0"
 
 
 def get_codec(name: str, **kwargs):
-    """Codec by name (``jpeg webp jpeg2000 avif hevc vvc factorized hyperprior bai2022``)."""
+    """Codec by name: the classical ones and every learned codec a paper package registers (``cdlib.codecs.list_codecs()``)."""
     from .codecs import get_codec as _get
 
     return _get(name, **kwargs)

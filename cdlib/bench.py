@@ -17,9 +17,18 @@ from pathlib import Path
 
 import numpy as np
 
-CLASSICAL = ("jpeg", "webp", "jpeg2000", "avif", "hevc", "vvc")
-LEARNED = ("factorized", "hyperprior")
 SIZES = (64, 256)
+
+
+def codec_names() -> tuple[list[str], list[str]]:
+    """(classical, learned) codec names, from the registries: a learned codec is one named after a
+    registered model (its paper package registers both)."""
+    from .codecs import list_codecs
+    from .registry import list_models
+
+    models = set(list_models())
+    names = list_codecs()
+    return [n for n in names if n not in models], [n for n in names if n in models]
 
 
 def _images(size: int, n: int) -> list[np.ndarray]:
@@ -53,8 +62,8 @@ def _learned_codec(name: str):
 def _likelihood_bpp(codec, images, quality) -> float:
     import torch
 
-    from .codecs.learned import pad_to, to_tensor
-    from .models.baselines import bpp_of_likelihoods
+    from .images import pad_to, to_tensor
+    from .losses import bpp_of_likelihoods
 
     model = codec.models[int(quality)]
     x = to_tensor(images)
@@ -69,11 +78,13 @@ def measure_one(name: str, repeats: int) -> dict:
     import torch
 
     torch.set_num_threads(max(1, os.cpu_count() or 1))
+    from .bitstream import bpp as stream_bpp
     from .codecs import get_codec
     from .eval import psnr
 
+    classical, learned = codec_names()
     source = "classical"
-    codec = get_codec(name) if name in CLASSICAL else None
+    codec = get_codec(name) if name in classical else None
     if codec is None:
         codec, source = _learned_codec(name)
     quality = codec.qualities[len(codec.qualities) // 2]
@@ -89,12 +100,12 @@ def measure_one(name: str, repeats: int) -> dict:
         for _ in range(repeats):
             decoded = codec.decode_batch(streams)
         t2 = time.perf_counter()
-        bpp = float(np.mean([8 * len(s) / (size * size) for s in streams]))
+        bpp = float(np.mean([stream_bpp(s, size, size) for s in streams]))
         row[f"enc_img_s_{size}"] = repeats * n / (t1 - t0)
         row[f"dec_img_s_{size}"] = repeats * n / (t2 - t1)
         row[f"bpp_bytes_{size}"] = bpp
         row[f"psnr_{size}"] = float(np.mean([psnr(a, b) for a, b in zip(images, decoded)]))
-        row[f"bpp_likelihood_{size}"] = _likelihood_bpp(codec, images, quality) if name in LEARNED else None
+        row[f"bpp_likelihood_{size}"] = _likelihood_bpp(codec, images, quality) if name in learned else None
     me = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     row["peak_rss_mb"] = max(me, kids) / 1024.0
@@ -102,7 +113,8 @@ def measure_one(name: str, repeats: int) -> dict:
 
 
 def train_speed(name: str, steps: int = 5) -> float:
-    """Optimiser steps per second of a baseline at its laptop profile (batch 16, 64x64)."""
+    """Optimiser steps per second of a learned codec's model at its laptop profile (its batch size and image
+    size; random images, and random labels for models that also classify)."""
     import torch
 
     from .config import make_config
@@ -112,7 +124,8 @@ def train_speed(name: str, steps: int = 5) -> float:
     cfg = make_config(name, "laptop")
     model = create_model(name, "laptop")
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    batch = {"image": torch.rand(cfg.batch_size, 3, cfg.image_size, cfg.image_size)}
+    batch = {"image": torch.rand(cfg.batch_size, 3, cfg.image_size, cfg.image_size),
+             "label": torch.randint(0, cfg.num_classes, (cfg.batch_size,))}
     w = model.loss_weights(cfg)
 
     def step():
@@ -162,19 +175,20 @@ def run_bench(out: str | Path = "results/bench.json", quick: bool = False, codec
 
     repeats = 1 if quick else 3
     rows = []
-    for name in tqdm(list(codecs or (CLASSICAL + LEARNED)), desc="bench codecs"):
+    classical, learned = codec_names()
+    for name in tqdm(list(codecs or (classical + learned)), desc="bench codecs"):
         proc = subprocess.run([sys.executable, "-m", "cdlib.bench", "--one", name, "--repeats", str(repeats)],
                               capture_output=True, text=True, timeout=900)
         if proc.returncode != 0:
             raise RuntimeError(f"benchmark of {name} failed: {proc.stderr.strip().splitlines()[-1:]}")
         rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-    speeds = {n: train_speed(n, steps=2 if quick else 5) for n in LEARNED}
+    speeds = {n: train_speed(n, steps=2 if quick else 5) for n in learned if codecs is None or n in codecs}
     result = {"machine": machine(), "codecs": rows, "train_steps_per_s": speeds,
-              "train_setting": "laptop profile, batch 16, 64x64, fp32, CPU"}
+              "train_setting": "laptop profile of each model (its batch and image size), fp32, CPU"}
     table = format_table(rows)
     print(f"Machine: {result['machine']}\n")
     print(table)
-    print("\nTraining steps/s (laptop profile, batch 16, 64x64): "
+    print("\nTraining steps/s (laptop profile of each model): "
           + ", ".join(f"{k} {v:.2f}" for k, v in speeds.items()))
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,4 @@
-"""``python -m cdlib``: train, compress, decompress, eval, bench, zoo.
+"""``python -m cdlib``: train, compress, decompress, analyze, eval, bench, zoo.
 
 Errors caused by the user's input are printed as one line on stderr with a
 non-zero exit status (set ``CDLIB_DEBUG=1`` to see the traceback).
@@ -9,6 +9,7 @@ import argparse
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
 
 
@@ -55,6 +56,20 @@ def _codec_for(name: str, checkpoints: list[str] | None):
     return get_codec(name, **kw)
 
 
+def _read_stream(path_arg: str) -> tuple[Path, bytes, str]:
+    """The stream file, its bytes and the name of the codec that made it (every codec registered first,
+    so that its stream tag is known)."""
+    from .bitstream import peek_codec
+    from .codecs import list_codecs
+
+    path = Path(path_arg)
+    if not path.is_file():
+        raise UserError(f"input stream not found: {path_arg}")
+    data = path.read_bytes()
+    list_codecs()  # registers the classical codecs and the papers' learned ones
+    return path, data, peek_codec(data)
+
+
 def cmd_compress(a) -> int:
     from .data import load_image
 
@@ -77,19 +92,31 @@ def cmd_compress(a) -> int:
 def cmd_decompress(a) -> int:
     from PIL import Image
 
-    from .bitstream import unpack
-
-    path = Path(a.input)
-    if not path.is_file():
-        raise UserError(f"input stream not found: {a.input}")
-    data = path.read_bytes()
-    header, _ = unpack(data)
-    codec = _codec_for(header.codec, a.checkpoint)
+    _, data, name = _read_stream(a.input)
+    codec = _codec_for(name, a.checkpoint)
     img = codec.decode(data)
     tmp = Path(str(a.output) + ".tmp.png")
     Image.fromarray(img).save(tmp, format="PNG")
     os.replace(tmp, a.output)
-    print(f"{a.output}: {img.shape[1]}x{img.shape[0]} decoded with {header.codec}")
+    print(f"{a.output}: {img.shape[1]}x{img.shape[0]} decoded with {name}")
+    return 0
+
+
+def cmd_analyze(a) -> int:
+    """Analyse a stream with its codec's own analysis head (no pixel decoding); print the result as JSON."""
+    from . import eval as ev
+    from .bitstream import unpack
+
+    path, data, name = _read_stream(a.input)
+    codec = _codec_for(name, a.checkpoint)
+    task = codec.check_task(a.task or (codec.tasks[0] if codec.tasks else "classification"))
+    pred = ev.DecodeFree(codec).analyse([data], task)
+    header, _ = unpack(data)
+    result = {"stream": str(path), "codec": codec.name, "quality": header.quality, "height": header.height,
+              "width": header.width, "task": task, **ev.get_task(task).describe(pred[0])}
+    if a.output:
+        ev.save_json(result, Path(a.output) / f"{path.stem}.json")
+    print(ev.dumps_json(result))
     return 0
 
 
@@ -109,13 +136,17 @@ def cmd_eval(a) -> int:
             images = NaturalPhotos.test_images(max_side=a.max_side)[: a.limit or None]
         df = ev.rd_curve(codec, images, qualities)
     else:
-        from .train import load_model
+        from .checkpoint import load_model
 
-        if not a.classifier:
-            raise UserError("--task accuracy needs --classifier CKPT (a pixel_classifier checkpoint)")
-        clf = load_model(a.classifier).eval()
+        if a.classifier:  # decode, then classify the pixels
+            pipeline = ev.DecodeThenAnalyse(codec, load_model(a.classifier).eval())
+        elif "classification" in codec.tasks:  # the codec classifies its own streams
+            pipeline = ev.DecodeFree(codec)
+        else:
+            raise UserError(f"--task accuracy needs --classifier CKPT (a pixel_classifier checkpoint): codec "
+                            f"{codec.name!r} cannot classify its streams by itself")
         ds = ShapesWorld("test", n=a.limit or 1000, image_size=a.image_size)
-        df = ev.rate_accuracy_curve(codec, ds.images, ds.labels, clf, qualities)
+        df = ev.task_curve(pipeline, ds.images, ds.labels, "classification", qualities)
     ev.save_json({"codec": codec.name, "task": a.task, "curve": df}, a.output)
     print(df.to_string(index=False))
     print(f"wrote {a.output}")
@@ -130,7 +161,6 @@ def cmd_bench(a) -> int:
 
 
 def cmd_zoo(a) -> int:
-    from . import recipes  # noqa: F401  (registers the zoo's recipes)
     from . import zoo
 
     if a.action == "list":
@@ -181,13 +211,22 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--checkpoint", action="append")
     d.set_defaults(fn=cmd_decompress)
 
+    n = sub.add_parser("analyze", help="analyse a stream without decoding pixels (codecs with an analysis "
+                                       "head, e.g. bai2022); prints JSON")
+    n.add_argument("input", metavar="STREAM")
+    n.add_argument("--checkpoint", action="append", help="checkpoint(s) of the codec (default: the zoo's)")
+    n.add_argument("--task", default=None, help="task to analyse (default: the codec's first, e.g. classification)")
+    n.add_argument("-o", "--output", metavar="OUTDIR", help="also write OUTDIR/<stream stem>.json")
+    n.set_defaults(fn=cmd_analyze)
+
     e = sub.add_parser("eval", help="rate-distortion or rate-accuracy curve to JSON")
     e.add_argument("--codec", required=True)
     e.add_argument("--checkpoint", action="append")
     e.add_argument("--task", choices=("rd", "accuracy"), default="rd")
     e.add_argument("--qualities", help="comma-separated list (default: the codec's sweep)")
     e.add_argument("--data", help="flat folder of images (default: the held-out natural photos)")
-    e.add_argument("--classifier", help="pixel classifier checkpoint for --task accuracy")
+    e.add_argument("--classifier", help="pixel classifier checkpoint for --task accuracy (default, for a codec "
+                                        "that classifies its own streams: decode-free)")
     e.add_argument("--image-size", type=int, default=64)
     e.add_argument("--max-side", type=int, default=None)
     e.add_argument("--limit", type=int, default=0)
@@ -209,7 +248,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.fn(args)
+        with warnings.catch_warnings():
+            # a dependency's own deprecation (compressai calls torch.jit.script on import) is not the user's
+            # business, and would break the one-line error promise
+            warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
+            return args.fn(args)
     except KeyboardInterrupt:
         print("error: interrupted (a resumable checkpoint is kept where one was written)", file=sys.stderr)
         return 130

@@ -6,6 +6,10 @@ profile with user overrides, rejects unknown keys with a message listing the
 valid ones, and records what it built on the model (``model.model_name``,
 ``model.profile``, ``model.arch``) so checkpoints and bitstreams can check that
 they match.
+
+A registration may also declare per-model training options (:class:`Option`, stored in
+``TrainConfig.model_options`` by :func:`cdlib.config.make_config`) and a ``check_config(cfg)``
+hook for cross-field checks of a config made for the model.
 """
 from __future__ import annotations
 
@@ -14,6 +18,33 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 PROFILES = ("laptop", "paper")
+OPTION_TYPES = (str, int, float, bool, dict, list)
+
+
+@dataclass(frozen=True)
+class Option:
+    """A per-model training option (a value of ``TrainConfig.model_options``).
+
+    ``type`` defaults to the type of ``default`` (one of :data:`OPTION_TYPES`); a string given on the
+    command line is parsed to it.  ``choices``, when given, are the only valid values.  A profile may
+    give its own default in the registration's ``train[profile]`` values (``{"augment": "timm"}``).
+    """
+
+    default: Any
+    type: type | None = None
+    choices: tuple | None = None
+    help: str = ""
+
+    def __post_init__(self):
+        typ = self.type if self.type is not None else type(self.default)
+        if typ not in OPTION_TYPES:
+            raise ValueError(f"option type {typ!r} is not supported; use one of "
+                             f"{', '.join(t.__name__ for t in OPTION_TYPES)}")
+        object.__setattr__(self, "type", typ)
+        if self.choices is not None:
+            object.__setattr__(self, "choices", tuple(self.choices))
+            if self.default not in self.choices:
+                raise ValueError(f"option default {self.default!r} is not one of its choices {self.choices}")
 
 
 @dataclass
@@ -23,35 +54,73 @@ class ModelEntry:
     arch: dict[str, dict[str, Any]]  # profile -> architecture kwargs
     train: dict[str, dict[str, Any]] = field(default_factory=dict)  # profile -> TrainConfig overrides
     description: str = ""
+    options: dict[str, Option] = field(default_factory=dict)  # name -> declared model option
+    check_config: Callable[[Any], None] | None = None  # cross-field checks of a config (raises ValueError)
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
 
 
+def _as_options(name: str, options: dict | None) -> dict[str, Option]:
+    out = {}
+    for key, opt in (options or {}).items():
+        if not (isinstance(key, str) and key.isidentifier()) or key == "model_options":
+            raise ValueError(f"model {name!r}: bad option name {key!r} (use a Python identifier)")
+        out[key] = opt if isinstance(opt, Option) else Option(opt)
+    return out
+
+
 def register_model(name: str, *, arch: dict[str, dict], train: dict[str, dict] | None = None,
-                   description: str = ""):
+                   description: str = "", options: dict[str, Option | Any] | None = None,
+                   check_config: Callable[[Any], None] | None = None):
     """Class/function decorator adding a model to the registry.
 
     ``arch`` maps each profile in :data:`PROFILES` to the keyword arguments of the
     factory; ``train`` maps each profile to the training-config values that differ
-    from the generic defaults in :mod:`cdlib.config`.
+    from the generic defaults in :mod:`cdlib.config` (it may also set the model's options).
+    ``options`` declares the model's own training options, ``{name: Option(default, type, choices)}``
+    (a bare value is ``Option(value)``); ``check_config(cfg)`` raises ``ValueError`` for a config
+    that the model cannot train with (it runs whenever a config for the model is validated).
     """
     missing = [p for p in PROFILES if p not in arch]
     if missing:
         raise ValueError(f"model {name!r} must define arch profiles {list(PROFILES)}; missing {missing}")
+    declared = _as_options(name, options)
+    if check_config is not None and not callable(check_config):
+        raise ValueError(f"model {name!r}: check_config must be callable, got {type(check_config).__name__}")
 
     def deco(factory):
         if name in _REGISTRY:
             raise ValueError(f"model {name!r} is already registered")
-        _REGISTRY[name] = ModelEntry(name, factory, arch, train or {}, description or (factory.__doc__ or "").strip().split("\n")[0])
+        _REGISTRY[name] = ModelEntry(name, factory, arch, train or {},
+                                     description or (factory.__doc__ or "").strip().split("\n")[0],
+                                     declared, check_config)
         return factory
 
     return deco
 
 
-def _ensure_loaded() -> None:
-    # Importing the models package registers every model file.
-    import cdlib.models  # noqa: F401
+def unregister_model(name: str) -> None:
+    """Remove a registered model (tests register temporary models and remove them afterwards)."""
+    if name not in _REGISTRY:
+        raise KeyError(f"model {name!r} is not registered")
+    del _REGISTRY[name]
+
+
+def load_papers() -> None:
+    """Import every paper package under ``cdlib/papers/`` (each registers its models, codecs and recipes).
+
+    The core finds papers only through this registry: no core module imports a paper package by name."""
+    import importlib
+    import pkgutil
+
+    papers = importlib.import_module("cdlib.papers")
+    for info in pkgutil.iter_modules(papers.__path__):
+        if info.ispkg:
+            importlib.import_module(f"{papers.__name__}.{info.name}")
+
+
+_ensure_loaded = load_papers
 
 
 def list_models() -> list[str]:

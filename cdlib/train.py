@@ -3,32 +3,58 @@
 Read :func:`train` from top to bottom; it is the whole story:
 
 1. set up (DDP when launched by ``torchrun``, device, seeds);
-2. build the optimisers (main + auxiliary for entropy models) and the LR schedule;
-3. resume from ``out`` when it holds a checkpoint of the same config (or start from
+2. freeze the parts of the model that ``cfg.stage`` keeps fixed;
+3. build the named optimisers and schedulers;
+4. resume from ``out`` when it holds a checkpoint of the same config (or start from
    ``cfg.init_from`` weights);
-4. loop over optimiser steps: ``loss = sum(weight[k] * term[k])`` from the model's
-   ``loss_terms``, backward, clip, step, auxiliary step, log, checkpoint.
+5. loop over optimiser steps: one train step per batch, log, checkpoint.
+
+A model changes what the loop does through optional hooks, never through branches of the loop.
+Each has a default that is the loop's own behaviour:
+
+``frozen_parts(cfg) -> list[str]``
+    parameter-name prefixes (``"encoder"``, ``"head.norm"``) frozen in ``cfg.stage``: their parameters
+    get ``requires_grad=False`` before the optimisers are built, and every norm layer with running
+    statistics inside them stays in eval mode for the whole run (``model.train()`` included).  Default: none.
+``configure_optimizers(cfg) -> {"optimizers": {name: Optimizer}, "schedulers": {name: scheduler}}``
+    default :func:`default_optimizers`: ``"main"`` (``cfg.optimizer`` over every trainable parameter but
+    entropy-model quantiles), ``"aux"`` (Adam, ``cfg.aux_lr``, the quantiles, for models with
+    ``aux_loss``) and the ``"main"`` warm-up + cosine schedule.  Helpers: :func:`make_optimizer`,
+    :func:`weight_decay_groups` (timm-style: no decay for biases, norms, position embeddings, cls tokens),
+    :func:`warmup_cosine`.
+``train_step(batch, ctx: StepContext) -> dict[str, float | Tensor]``
+    one optimiser step (or several, e.g. a discriminator then a generator step); returns the numbers to
+    log.  Default :meth:`StepContext.default_step`: ``loss = sum(weight[k] * term[k])`` from the model's
+    ``loss_terms``/``loss_weights``, backward through the GradScaler, clip, step, schedule, aux step.
+    A custom step runs its differentiable computations through ``ctx.forward(fn, *args)`` (the DDP-wrapped
+    call; ``fn`` a callable or the name of a model method) and may call ``ctx.default_step(batch)`` and
+    then do more (update a momentum encoder, push keys into a queue).
+``wrap_train_dataset(dataset, cfg) -> dataset`` and ``batch_transform(cfg) -> callable | None``
+    per-item and per-batch training augmentation.  Defaults: the dataset unchanged, no batch transform.
+
+Training state (momentum encoders, queues, anything a step updates) must live in module buffers or
+parameters: the checkpoint holds the model's ``state_dict`` and every named optimiser's and scheduler's
+state, so a resumed run stays exact.
 
 Reproducibility is by construction rather than by bookkeeping: the order of the
 data in epoch ``e`` is a permutation seeded by ``(seed, e)``, and the random
 generators are re-seeded before every step from ``(seed, rank, step)``.  So a run
 that is killed and resumed from its last checkpoint ends with exactly the same
 weights as a run that was never interrupted, and the same seed gives the same
-numbers.
-
-Checkpoints are plain ``torch.save`` dicts (format ``"cdlib-ckpt-1"``, described in
-``docs/ARCHITECTURE.md``) written atomically: a temporary file, then ``os.replace``.
+numbers.  Checkpoints: :mod:`cdlib.checkpoint`.
 """
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import hashlib
-import json
 import math
 import os
 import random
 import time
+import types
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -36,22 +62,16 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+# Re-exported: these names were defined here before cdlib.checkpoint existed (new code imports them from there).
+from .checkpoint import (CKPT_FORMAT, ENTROPY_BUFFERS, FP16_KEEP_NAMES, FP16_MIN_NUMEL,  # noqa: F401
+                         RESUME_IGNORED, _fingerprint_state, atomic_save, check_resumable, export_checkpoint,
+                         fingerprint, is_entropy_state, load_init_weights, load_model, load_state_dict,
+                         read_checkpoint, restore_training_state, training_checkpoint)
 from .config import TrainConfig, resolve_device, validate
 
-CKPT_FORMAT = "cdlib-ckpt-1"
-
-# Config keys that may differ between a run and its resumption: they do not change the numbers.
-RESUME_IGNORED = ("num_workers", "ckpt_every")
-
-# Buffers of CompressAI entropy models: their size changes with ``update()``; never cast, never synced by DDP.
-ENTROPY_BUFFERS = ("_quantized_cdf", "_offset", "_cdf_length", "scale_table")
-
-# export_checkpoint(fp16=True) casts a float tensor to fp16 only if it has at least this many elements and
-# no part of its name is one of these (entropy models and GDN parameters stay exact).
-FP16_MIN_NUMEL = 256
-FP16_KEEP_NAMES = ("quantiles", "_quantized_cdf", "_offset", "_cdf_length", "scale_table", "target",
-                   "entropy_bottleneck", "gaussian_conditional", "matrices", "biases", "factors",
-                   "gamma", "beta")
+# Names whose parameters timm-style groups never decay (besides biases and 1-D parameters).
+NO_DECAY_NAMES = ("pos_embed", "cls_token", "dist_token", "reg_token", "mask_token", "absolute_pos_embed",
+                  "relative_position_bias_table")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -124,40 +144,8 @@ def _to_device(batch: dict, device: torch.device, channels_last: bool) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Loss, schedule
+# Optimisers and schedules (also the helpers of a model's configure_optimizers)
 # ----------------------------------------------------------------------------------------------------------
-class LossModule(nn.Module):
-    """``forward(batch) -> (weighted loss, terms)`` around a model's ``loss_terms``.
-
-    DistributedDataParallel only synchronises gradients of what goes through its
-    ``forward``; ``loss_terms`` is a method of the inner model, so DDP wraps this
-    small adapter instead of the model itself.
-    """
-
-    def __init__(self, model: nn.Module, cfg: TrainConfig, weights: dict[str, float]):
-        super().__init__()
-        self.model = model
-        self.cfg = cfg
-        self.weights = weights
-
-    def forward(self, batch: dict):
-        terms = self.model.loss_terms(batch, self.cfg)
-        missing = [k for k in self.weights if k not in terms]
-        if missing:
-            raise ValueError(f"loss weight(s) {missing} name no loss term of {type(self.model).__name__}; "
-                             f"its terms are {sorted(terms)}")
-        loss = sum(self.weights[k] * terms[k] for k in self.weights)
-        return loss, terms
-
-
-def loss_weights(model: nn.Module, cfg: TrainConfig) -> dict[str, float]:
-    """The model's default weights, overridden by ``cfg.loss_weights``."""
-    weights = {**model.loss_weights(cfg), **cfg.loss_weights}
-    if not weights:
-        raise ValueError(f"{type(model).__name__}.loss_weights(cfg) is empty and cfg.loss_weights sets nothing")
-    return weights
-
-
 def lr_factor(step: int, cfg: TrainConfig) -> float:
     """Multiplier of ``cfg.lr`` at optimiser step ``step``: linear warm-up, then cosine to 0 (or constant)."""
     if cfg.warmup_steps and step < cfg.warmup_steps:
@@ -168,6 +156,11 @@ def lr_factor(step: int, cfg: TrainConfig) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, t)))
 
 
+def warmup_cosine(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> torch.optim.lr_scheduler.LambdaLR:
+    """The loop's schedule: :func:`lr_factor` of each step times every group's initial lr."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg))
+
+
 def split_parameters(model: nn.Module, use_aux: bool):
     """(main, aux) trainable parameters; aux = names ending in ``.quantiles`` when ``use_aux``."""
     main, aux = [], []
@@ -176,6 +169,273 @@ def split_parameters(model: nn.Module, use_aux: bool):
             continue
         (aux if use_aux and name.endswith("quantiles") else main).append(p)
     return main, aux
+
+
+def make_optimizer(params, cfg: TrainConfig, *, lr: float | None = None) -> torch.optim.Optimizer:
+    """``cfg.optimizer`` (adam | adamw | sgd) over ``params`` (tensors or groups; a group's own
+    ``weight_decay`` wins), with ``cfg.lr`` (or ``lr``), ``cfg.weight_decay``, and for sgd ``cfg.momentum``
+    and ``cfg.nesterov``."""
+    lr = cfg.lr if lr is None else lr
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                               nesterov=cfg.nesterov)
+    opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+    return opt_cls(params, lr=lr, weight_decay=cfg.weight_decay)
+
+
+def weight_decay_groups(model: nn.Module, weight_decay: float, *, no_decay: tuple | list = (),
+                        exclude: Callable[[str], bool] | None = None) -> list[dict]:
+    """timm-style parameter groups ``[{"params": [...], "weight_decay": 0.0}, {"params": [...],
+    "weight_decay": weight_decay}]`` (empty groups left out).
+
+    Not decayed: biases, every parameter of at most one dimension (norm weights, layer scales), and
+    parameters whose last name part is in :data:`NO_DECAY_NAMES` (position embeddings, cls tokens),
+    matches a pattern of ``no_decay`` (fnmatch, against the full name or its last part), or is
+    listed by the ``no_weight_decay()`` method of the module holding it (timm's convention).  Parameters
+    that do not require grad, or whose name ``exclude(name)`` accepts (e.g. entropy quantiles), are left out.
+    """
+    listed = set()
+    for prefix, module in model.named_modules():
+        fn = getattr(module, "no_weight_decay", None)
+        if callable(fn):
+            listed |= {f"{prefix}.{n}" if prefix else n for n in fn()}
+    decay, keep = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad or (exclude is not None and exclude(name)):
+            continue
+        last = name.rsplit(".", 1)[-1]
+        exempt = (p.ndim <= 1 or name.endswith(".bias") or last in NO_DECAY_NAMES or name in listed
+                  or any(fnmatch.fnmatchcase(name, pat) or fnmatch.fnmatchcase(last, pat) for pat in no_decay))
+        (keep if exempt else decay).append(p)
+    groups = [{"params": keep, "weight_decay": 0.0}, {"params": decay, "weight_decay": weight_decay}]
+    return [g for g in groups if g["params"]]
+
+
+def default_optimizers(model: nn.Module, cfg: TrainConfig, *, decay_groups: bool = False) -> dict:
+    """What the loop builds for a model without ``configure_optimizers``: ``{"optimizers": {"main", "aux"
+    (entropy models)}, "schedulers": {"main": warm-up + cosine}}``.  ``decay_groups``: the main optimiser
+    gets :func:`weight_decay_groups` instead of one group (for a model's own ``configure_optimizers``)."""
+    use_aux = callable(getattr(model, "aux_loss", None))
+    main, aux = split_parameters(model, use_aux)
+    if not main:
+        raise ValueError(f"{getattr(model, 'model_name', type(model).__name__)}: no trainable parameters")
+    if decay_groups:
+        is_aux = (lambda n: n.endswith("quantiles")) if use_aux else None
+        main = weight_decay_groups(model, cfg.weight_decay, exclude=is_aux)
+    optimizers = {"main": make_optimizer(main, cfg)}
+    if aux:
+        optimizers["aux"] = torch.optim.Adam(aux, lr=cfg.aux_lr)
+    return {"optimizers": optimizers, "schedulers": {"main": warmup_cosine(optimizers["main"], cfg)}}
+
+
+def _build_optimizers(model: nn.Module, cfg: TrainConfig, name: str) -> tuple[dict, dict]:
+    hook = getattr(model, "configure_optimizers", None)
+    spec = hook(cfg) if callable(hook) else default_optimizers(model, cfg)
+    what = f"{name}.configure_optimizers(cfg)"
+    if not isinstance(spec, dict) or set(spec) - {"optimizers", "schedulers"} or not spec.get("optimizers"):
+        raise ValueError(f"{what} must return {{'optimizers': {{name: optimizer, ...}}, 'schedulers': "
+                         f"{{name: scheduler}}}}, got {spec!r}")
+    optimizers, schedulers = dict(spec["optimizers"]), dict(spec.get("schedulers") or {})
+    for key, opt in optimizers.items():
+        if not isinstance(opt, torch.optim.Optimizer):
+            raise ValueError(f"{what}: optimizer {key!r} is a {type(opt).__name__}, not a torch.optim.Optimizer")
+        if any(not p.requires_grad for g in opt.param_groups for p in g["params"]):
+            raise ValueError(f"{what}: optimizer {key!r} holds parameters that do not require grad "
+                             f"(frozen parts of stage {cfg.stage!r}?)")
+    for key, sched in schedulers.items():
+        if not (callable(getattr(sched, "step", None)) and callable(getattr(sched, "state_dict", None))):
+            raise ValueError(f"{what}: scheduler {key!r} has no step()/state_dict()")
+    if not callable(getattr(model, "train_step", None)) and "main" not in optimizers:
+        raise ValueError(f"{what} names no 'main' optimizer ({sorted(optimizers)}), which the default train "
+                         f"step uses: define {name}.train_step(batch, ctx)")
+    return optimizers, schedulers
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Loss, stages
+# ----------------------------------------------------------------------------------------------------------
+def loss_weights(model: nn.Module, cfg: TrainConfig, required: bool = True) -> dict[str, float]:
+    """The model's default weights, overridden by ``cfg.loss_weights``."""
+    own = model.loss_weights(cfg) if callable(getattr(model, "loss_weights", None)) else {}
+    weights = {**own, **cfg.loss_weights}
+    if required and not weights:
+        raise ValueError(f"{type(model).__name__}.loss_weights(cfg) is empty and cfg.loss_weights sets nothing")
+    return weights
+
+
+def weighted_loss(model: nn.Module, batch: dict, cfg: TrainConfig, weights: dict[str, float]):
+    """``(sum(weights[k] * terms[k]), terms)`` of ``model.loss_terms(batch, cfg)``."""
+    terms = model.loss_terms(batch, cfg)
+    missing = [k for k in weights if k not in terms]
+    if missing:
+        raise ValueError(f"loss weight(s) {missing} name no loss term of {type(model).__name__}; "
+                         f"its terms are {sorted(terms)}")
+    loss = sum(weights[k] * terms[k] for k in weights)
+    return loss, terms
+
+
+def _under(name: str, prefixes) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in prefixes)
+
+
+def _stay_in_eval(self, mode: bool = True):
+    return nn.Module.train(self, False)
+
+
+class FrozenParts:
+    """Freeze the parameters under some name prefixes and keep their norm layers with running statistics
+    in eval mode (even across ``model.train()``); :meth:`restore` undoes both."""
+
+    def __init__(self, model: nn.Module, prefixes: list[str] | tuple[str, ...]):
+        prefixes = list(prefixes or [])
+        names = [n for n, _ in model.named_parameters()] + [n for n, _ in model.named_modules()]
+        bad = [p for p in prefixes if not isinstance(p, str) or not p or not any(_under(n, [p]) for n in names)]
+        if bad:
+            parts = [n for n, _ in model.named_children()] + [n for n, _ in model.named_parameters(recurse=False)]
+            raise ValueError(f"frozen part(s) {bad} name no part of {type(model).__name__}; its top-level parts "
+                             f"are {parts} (give parameter-name prefixes such as 'encoder' or 'encoder.norm')")
+        self.params = [(p, p.requires_grad) for n, p in model.named_parameters() if _under(n, prefixes)]
+        self.norms = [m for n, m in model.named_modules() if _under(n, prefixes)
+                      and any(torch.is_tensor(getattr(m, b, None)) for b in ("running_mean", "running_var"))]
+        for p, _ in self.params:
+            p.requires_grad_(False)
+        for m in self.norms:
+            m.train = types.MethodType(_stay_in_eval, m)
+            nn.Module.train(m, False)
+
+    def restore(self) -> None:
+        for p, flag in self.params:
+            p.requires_grad_(flag)
+        for m in self.norms:
+            if "train" in m.__dict__:
+                del m.train
+        self.params, self.norms = [], []
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The step
+# ----------------------------------------------------------------------------------------------------------
+class _Runner(nn.Module):
+    """``forward(fn, *args, **kw) -> fn(*args, **kw)`` (``fn`` a callable or a method name of the model).
+
+    DistributedDataParallel only synchronises gradients of what runs inside its ``forward``; the
+    computations of a step are methods of the inner model, so DDP wraps this small adapter."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, fn, *args, **kwargs):
+        return (getattr(self.model, fn) if isinstance(fn, str) else fn)(*args, **kwargs)
+
+
+@dataclass
+class StepContext:
+    """What a train step gets besides the batch: the model, config, named optimisers/schedulers, the AMP
+    scaler, the process group, and the helpers :meth:`forward`, :meth:`autocast`, :meth:`reduce`,
+    :meth:`all_gather`, :meth:`average_gradients`, :meth:`default_step`.  ``step`` counts the steps done
+    before this one (the step being taken is ``step + 1``)."""
+
+    model: nn.Module
+    cfg: TrainConfig
+    optimizers: dict
+    schedulers: dict
+    scaler: Any
+    device: torch.device
+    rank: int = 0
+    world: int = 1
+    step: int = 0
+    loss_weights: dict | None = None
+    amp_dtype: torch.dtype | None = None   # None: no autocast
+    runner: nn.Module | None = field(default=None, repr=False)
+
+    def forward(self, fn: Callable | str, *args, **kwargs):
+        """``fn(*args, **kwargs)`` through the (DDP-wrapped) runner: gradients of what it computes are
+        averaged over processes.  ``fn``: a callable, or the name of a model method."""
+        return self.runner(fn, *args, **kwargs)
+
+    def autocast(self):
+        """Mixed precision for the forward computations (a no-op unless ``cfg.amp`` on CUDA)."""
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def reduce(self, values: dict, what: str = "loss") -> dict[str, float]:
+        """Scalars (tensors or numbers) averaged over processes, as floats; a non-finite one raises
+        ``FloatingPointError`` (call it before stepping, so that no bad update is made)."""
+        keys = list(values)
+        stacked = torch.stack([torch.as_tensor(values[k]).detach().float().to(self.device) for k in keys])
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.all_reduce(stacked)
+            stacked /= self.world
+        record = dict(zip(keys, stacked.tolist()))
+        if not all(math.isfinite(v) for v in record.values()):
+            raise FloatingPointError(f"non-finite {what} at step {self.step + 1}: terms {record}")
+        return record
+
+    def all_gather(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The concatenation (dim 0, in rank order) of ``tensor`` over processes (no gradient)."""
+        if self.world <= 1:
+            return tensor
+        import torch.distributed as dist
+
+        parts = [torch.empty_like(tensor) for _ in range(self.world)]
+        dist.all_gather(parts, tensor.detach().contiguous())
+        return torch.cat(parts)
+
+    def average_gradients(self, params) -> None:
+        """Average over processes the gradients of parameters outside the DDP runner (entropy quantiles)."""
+        if self.world <= 1:
+            return
+        import torch.distributed as dist
+
+        for p in params:
+            if p.grad is not None:
+                dist.all_reduce(p.grad)
+                p.grad /= self.world
+
+    def default_step(self, batch: dict) -> dict[str, float]:
+        """``loss = sum(w[k] * terms[k])``; backward (GradScaler), clip, ``main`` step and schedule; then the
+        ``aux`` optimiser minimises ``model.aux_loss()``.  Returns loss, terms and aux_loss."""
+        model, cfg, opt = self.model, self.cfg, self.optimizers["main"]
+        if not callable(getattr(model, "loss_terms", None)):
+            raise ValueError(f"{type(model).__name__} has neither train_step(batch, ctx) nor loss_terms(batch, cfg)")
+        with self.autocast():
+            loss, terms = self.forward(weighted_loss, model, batch, cfg, self.loss_weights)
+        record = self.reduce({"loss": loss, **terms})
+        opt.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if cfg.grad_clip > 0:
+            self.scaler.unscale_(opt)
+            nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], cfg.grad_clip)
+        self.scaler.step(opt)
+        self.scaler.update()
+        if "main" in self.schedulers:
+            self.schedulers["main"].step()
+        aux_opt = self.optimizers.get("aux")
+        if aux_opt is not None:  # fit the entropy bottleneck's quantiles
+            aux_opt.zero_grad(set_to_none=True)
+            aux = model.aux_loss()
+            aux.backward()
+            self.average_gradients([p for g in aux_opt.param_groups for p in g["params"]])
+            aux_opt.step()
+            record["aux_loss"] = float(aux.detach())
+            if not math.isfinite(record["aux_loss"]):
+                raise FloatingPointError(f"non-finite aux loss at step {self.step + 1}: {record['aux_loss']}")
+        return record
+
+    def finish(self, out: dict) -> dict[str, float]:
+        """A step's returned numbers as floats (tensors averaged over processes), all finite."""
+        if not isinstance(out, dict):
+            raise ValueError(f"train_step must return a dict of numbers to log, got {type(out).__name__}")
+        tensors = {k: v for k, v in out.items() if torch.is_tensor(v)}
+        reduced = self.reduce(tensors) if tensors else {}
+        record = {k: reduced[k] if k in reduced else float(v) for k, v in out.items()}
+        if not all(math.isfinite(v) for v in record.values()):
+            raise FloatingPointError(f"non-finite loss at step {self.step + 1}: terms {record}")
+        return record
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -195,137 +455,66 @@ def _setup_distributed(device: torch.device):
     return dist.get_rank(), dist.get_world_size(), created
 
 
-def _is_entropy_state(name: str) -> bool:
-    last = name.rsplit(".", 1)[-1]
-    return last == "quantiles" or last in ENTROPY_BUFFERS
+def _runner(model: nn.Module, world: int, device: torch.device, find_unused_parameters: bool | None) -> nn.Module:
+    """The adapter, DDP-wrapped when ``world > 1``.  Entropy-model quantiles and CDF buffers are kept out of
+    DDP (their parameters start as rank 0's; the aux step averages their gradients by hand)."""
+    runner = _Runner(model)
+    if world <= 1:
+        return runner
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    names = [n for n, _ in [*model.named_parameters(), *model.named_buffers()]]
+    ignored = [n for n in names if is_entropy_state(n)]
+    for n, p in model.named_parameters():
+        if n in ignored:
+            dist.broadcast(p.data, src=0)
+    DDP._set_params_and_buffers_to_ignore_for_model(runner, [f"model.{n}" for n in ignored])
+    if find_unused_parameters is None:
+        find_unused_parameters = bool(getattr(model, "ddp_find_unused_parameters", False))
+    return DDP(runner, device_ids=[device.index] if device.type == "cuda" else None,
+               find_unused_parameters=find_unused_parameters)
 
 
-# ----------------------------------------------------------------------------------------------------------
-# Checkpoints
-# ----------------------------------------------------------------------------------------------------------
-def _tensor_bytes(t: torch.Tensor) -> bytes:
-    t = t.detach().cpu().contiguous().reshape(-1)
-    return t.view(torch.uint8).numpy().tobytes() if t.numel() else b""
+def _training_data(model: nn.Module, cfg: TrainConfig, dataset, name: str):
+    """(dataset, batch transform or None) after the model's data hooks."""
+    if dataset is None:
+        from .data import build_dataset
+
+        dataset = build_dataset(cfg, "train")
+    wrap = getattr(model, "wrap_train_dataset", None)
+    if callable(wrap):
+        dataset = wrap(dataset, cfg)  # per-item augmentation
+    make = getattr(model, "batch_transform", None)
+    transform = make(cfg) if callable(make) else None  # per-batch augmentation (mixup ...)
+    if transform is not None:  # a transform that makes class targets must agree with the data's classes
+        want = getattr(transform, "num_classes", cfg.num_classes)
+        have = getattr(dataset, "num_classes", want)
+        if want is not None and have != want:
+            raise ValueError(f"the batch transform of {name} makes {want}-class targets (num_classes) but the "
+                             f"dataset has {have} classes: set num_classes={have}")
+    return dataset, transform
 
 
-def _fingerprint_state(name: str, arch: dict, state: dict) -> str:
-    h = hashlib.blake2b(digest_size=8)
-    h.update(str(name).encode())
-    h.update(json.dumps(arch, sort_keys=True, default=str).encode())
-    for key, t in state.items():
-        h.update(f"|{key}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(_tensor_bytes(t))
-    return h.hexdigest()
+class _Log:
+    """Means of every logged number over the last ``log_every`` steps (``metrics``), one record of them
+    per ``log_every`` steps (``history``); ``acc`` is the running sum (checkpointed)."""
 
+    def __init__(self, history=None, acc=None, metrics=None):
+        self.history, self.acc, self.metrics = list(history or []), dict(acc or {}), dict(metrics or {})
 
-def fingerprint(model: nn.Module) -> str:
-    """16 hex digits identifying the exact weights (and buffers) of a model, its name and architecture.
-
-    Bitstreams carry it so that a decoder with other weights refuses to decode.  It is a
-    function of the model's *current* state: call it after ``update(force=True)``.
-    """
-    return _fingerprint_state(getattr(model, "model_name", type(model).__name__),
-                              getattr(model, "arch", {}), model.state_dict())
-
-
-def atomic_save(obj: Any, path: str | Path) -> Path:
-    """``torch.save`` to ``path.tmp``, flush to disk, then ``os.replace`` onto ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
-
-
-def read_checkpoint(path: str | Path, map_location="cpu") -> dict:
-    """Load a cdlib checkpoint dict (``weights_only``: no code runs), with clear errors."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:
-        raise ValueError(f"{path} is not a cdlib checkpoint (torch.load failed: "
-                         f"{str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__})") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CKPT_FORMAT:
-        found = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
-        raise ValueError(f"{path} is not a cdlib checkpoint (expected format {CKPT_FORMAT!r}, found {found!r})")
-    return ckpt
-
-
-def _rng_state() -> dict:
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
-             "numpy": (kind, keys.tolist(), int(pos), int(has_gauss), float(cached))}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in state["python"]))
-    kind, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
-    if "cuda" in state and torch.cuda.is_available():
-        with contextlib.suppress(Exception):
-            torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def load_state_dict(model: nn.Module, state: dict, strict: bool = True):
-    """``model.load_state_dict`` that first resizes entropy-model buffers (``_quantized_cdf``...) whose size
-    depends on whether ``update()`` was called, so any cdlib checkpoint loads into any fresh model."""
-    own = dict(model.named_buffers())
-    for key, value in state.items():
-        buf = own.get(key)
-        resizable = buf is not None and (buf.numel() == 0 or key.rsplit(".", 1)[-1] in ENTROPY_BUFFERS)
-        if resizable and buf.shape != value.shape:
-            buf.resize_(value.shape)
-    return model.load_state_dict(state, strict=strict)
-
-
-def _init_from(model: nn.Module, path: str, verbose: bool) -> dict:
-    """Load weights from another checkpoint (``strict=False``); report what did not match."""
-    ckpt = read_checkpoint(path)
-    own = model.state_dict()
-    state, mismatched = {}, []
-    for key, value in ckpt["state_dict"].items():
-        if key in own and own[key].shape != value.shape and key.rsplit(".", 1)[-1] not in ENTROPY_BUFFERS:
-            mismatched.append(key)
-            continue
-        state[key] = value.to(own[key].dtype) if key in own and value.is_floating_point() else value
-    result = load_state_dict(model, state, strict=False)
-    report = {"path": str(path), "missing": list(result.missing_keys),
-              "unexpected": list(result.unexpected_keys), "shape_mismatch": mismatched}
-    if verbose and (report["missing"] or report["unexpected"] or mismatched):
-        warnings.warn(f"init_from {path}: missing keys {report['missing']}, unexpected keys "
-                      f"{report['unexpected']}, skipped (shape mismatch) {mismatched}", stacklevel=3)
-    return report
-
-
-def _check_resumable(ckpt: dict, cfg: TrainConfig, name: str, arch: dict, world: int, path: Path) -> None:
-    old = {k: v for k, v in ckpt["config"].items() if k not in RESUME_IGNORED}
-    new = {k: v for k, v in cfg.to_dict().items() if k not in RESUME_IGNORED}
-    diff = sorted(k for k in set(old) | set(new) if old.get(k, "<unset>") != new.get(k, "<unset>"))
-    hint = "pass resume=False (CLI: --restart) to overwrite it, or choose another output path"
-    if diff:
-        changes = ", ".join(f"{k}: {old.get(k, '<unset>')!r} -> {new.get(k, '<unset>')!r}" for k in diff)
-        raise ValueError(f"{path} holds a run with a different training config ({changes}); {hint}")
-    same_arch = json.dumps(ckpt.get("arch"), sort_keys=True, default=str) == json.dumps(arch, sort_keys=True, default=str)
-    if ckpt.get("model") != name or not same_arch:
-        raise ValueError(f"{path} holds model {ckpt.get('model')!r} with arch {ckpt.get('arch')}, "
-                         f"not {name!r} with arch {arch}; {hint}")
-    if ckpt.get("world_size", 1) != world:
-        raise ValueError(f"{path} was written by a run on {ckpt.get('world_size', 1)} process(es); this run has "
-                         f"{world} (the data order depends on it); {hint}")
+    def add(self, step: int, record: dict, cfg: TrainConfig) -> bool:
+        for k, v in record.items():
+            if k != "lr":
+                self.acc[k] = self.acc.get(k, 0.0) + v
+        self.acc["_n"] = self.acc.get("_n", 0) + 1
+        if step % cfg.log_every and step != cfg.steps:
+            return False
+        n = self.acc.pop("_n")
+        self.metrics = {k: v / n for k, v in self.acc.items()}
+        self.history.append({"step": step, "lr": record["lr"], **self.metrics})
+        self.acc = {}
+        return True
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -339,13 +528,14 @@ def train(model: nn.Module, cfg: TrainConfig, out: str | Path | None = None, dat
     ``dataset``: items ``{"image": (3,H,W) in [0,1], "label": int64}``; default
     ``cdlib.data.build_dataset(cfg, "train")``.  ``resume``: continue from ``out`` if it
     holds a checkpoint of the same config (``False`` overwrites it).  ``callback(step, record)``
-    is called after every step (``record``: this step's loss terms and lr); raising in it stops
+    is called after every step (``record``: this step's logged numbers and lr); raising in it stops
     training (the last periodic checkpoint stays valid).  Under ``torchrun`` (``WORLD_SIZE>1``)
     the run is data-parallel: ``cfg.batch_size`` is per process, and
     ``find_unused_parameters`` (default: ``model.ddp_find_unused_parameters`` or False) goes to DDP.
+    The model's hooks (module docstring) change the optimisers, the step, the frozen parts, the data.
 
     Returns ``{"step", "metrics", "history", "fingerprint", "checkpoint", "wall_seconds",
-    "cpu_seconds", "resumed_from", "init_from"}``; ``metrics`` are the means of the loss terms
+    "cpu_seconds", "resumed_from", "init_from"}``; ``metrics`` are the means of the logged numbers
     over the last ``cfg.log_every`` steps, ``history`` one such record per ``log_every`` steps.
     """
     from tqdm.auto import tqdm
@@ -353,7 +543,6 @@ def train(model: nn.Module, cfg: TrainConfig, out: str | Path | None = None, dat
     validate(cfg)
     t_wall, t_cpu = time.perf_counter(), time.process_time()
     name = getattr(model, "model_name", type(model).__name__)
-    profile = getattr(model, "profile", cfg.profile)
     arch = getattr(model, "arch", {})
     if cfg.model and name != cfg.model:
         warnings.warn(f"training model {name!r} with a config made for {cfg.model!r}", stacklevel=2)
@@ -366,8 +555,7 @@ def train(model: nn.Module, cfg: TrainConfig, out: str | Path | None = None, dat
     if device.type == "cuda":
         torch.cuda.set_device(device)
     rank, world, created_group = _setup_distributed(device)
-    is_main = rank == 0
-    on_cuda = device.type == "cuda"
+    is_main, on_cuda = rank == 0, device.type == "cuda"
     use_amp = bool(cfg.amp and on_cuda)
     amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
     channels_last = bool(cfg.channels_last and on_cuda)
@@ -376,93 +564,52 @@ def train(model: nn.Module, cfg: TrainConfig, out: str | Path | None = None, dat
         torch.use_deterministic_algorithms(True, warn_only=True)
     seed_everything(cfg.seed)
 
-    bar = None
+    bar, frozen = None, None
     try:
         model.to(device)
         if channels_last:
             model.to(memory_format=torch.channels_last)
+
+        # 2. The stage's frozen parts (before the optimisers see the parameters) ----------------------------
+        parts = model.frozen_parts(cfg) if callable(getattr(model, "frozen_parts", None)) else []
+        frozen = FrozenParts(model, parts)
         model.train()
 
-        # 2. Optimisers and schedule -----------------------------------------------------------------------
-        use_aux = callable(getattr(model, "aux_loss", None))
-        main_params, aux_params = split_parameters(model, use_aux)
-        if not main_params:
-            raise ValueError(f"{name}: no trainable parameters")
-        opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
-        optimizer = opt_cls(main_params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        aux_optimizer = torch.optim.Adam(aux_params, lr=cfg.aux_lr) if aux_params else None
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg))
+        # 3. Optimisers, schedules, the step ---------------------------------------------------------------
+        optimizers, schedulers = _build_optimizers(model, cfg, name)
         scaler = torch.amp.GradScaler(device.type, enabled=use_amp and amp_dtype == torch.float16)
-        weights = loss_weights(model, cfg)
+        custom_step = getattr(model, "train_step", None)
+        weights = loss_weights(model, cfg, required=not callable(custom_step))
 
-        # 3. Resume, or initialise from another checkpoint -------------------------------------------------
-        step, history, log_acc, metrics, cpu_before, init_report = 0, [], {}, {}, 0.0, None
+        # 4. Resume, or initialise from another checkpoint -------------------------------------------------
+        state, init_report = {"step": 0, "history": [], "log_acc": {}, "metrics": {}, "cpu_seconds": 0.0}, None
         if out is not None and out.exists() and resume:
             ckpt = read_checkpoint(out)  # on CPU: RNG states must stay CPU tensors
-            _check_resumable(ckpt, cfg, name, arch, world, out)
-            load_state_dict(model, ckpt["state_dict"])
-            optimizer.load_state_dict(ckpt["optimizer"])
-            if aux_optimizer is not None and ckpt.get("aux_optimizer"):
-                aux_optimizer.load_state_dict(ckpt["aux_optimizer"])
-            scheduler.load_state_dict(ckpt["scheduler"])
-            if ckpt.get("scaler"):
-                scaler.load_state_dict(ckpt["scaler"])
-            _set_rng_state(ckpt["rng"])
-            step, history = int(ckpt["step"]), list(ckpt["history"])
-            log_acc, metrics = dict(ckpt.get("log_acc") or {}), dict(ckpt.get("metrics") or {})
-            cpu_before = float(ckpt.get("cpu_seconds", 0.0))
+            check_resumable(ckpt, cfg, name, arch, world, out)
+            state = restore_training_state(ckpt, model, optimizers, schedulers, scaler, out)
             del ckpt
         elif cfg.init_from:
-            init_report = _init_from(model, cfg.init_from, verbose=is_main)
-        start_step = step
+            init_report = load_init_weights(model, cfg.init_from, verbose=is_main)
+        step = start_step = state["step"]
+        log = _Log(state["history"], state["log_acc"], state["metrics"])
+        ctx = StepContext(model, cfg, optimizers, schedulers, scaler, device, rank, world, step, weights,
+                          amp_dtype if use_amp else None, _runner(model, world, device, find_unused_parameters))
+        step_fn = (lambda b: custom_step(b, ctx)) if callable(custom_step) else ctx.default_step
+        lr_source = optimizers.get("main") or next(iter(optimizers.values()))
 
-        # DDP wraps the loss adapter; entropy-model quantiles/CDF buffers are kept out of it (the aux
-        # optimiser's gradients are averaged by hand below).
-        runner: nn.Module = LossModule(model, cfg, weights)
-        if world > 1:
-            import torch.distributed as dist
-            from torch.nn.parallel import DistributedDataParallel as DDP
-
-            for p in aux_params:
-                dist.broadcast(p.data, src=0)
-            names = [n for n, _ in [*model.named_parameters(), *model.named_buffers()]]
-            ignore = [f"model.{n}" for n in names if _is_entropy_state(n)]
-            DDP._set_params_and_buffers_to_ignore_for_model(runner, ignore)
-            if find_unused_parameters is None:
-                find_unused_parameters = bool(getattr(model, "ddp_find_unused_parameters", False))
-            runner = DDP(runner, device_ids=[device.index] if on_cuda else None,
-                         find_unused_parameters=find_unused_parameters)
-
-        # 4. Data --------------------------------------------------------------------------------------------
-        if dataset is None:
-            from .data import build_dataset
-
-            dataset = build_dataset(cfg, "train")
-        from .augment import batch_transform, wrap_dataset
-
-        dataset = wrap_dataset(dataset, cfg)  # cfg.augment: per-image part (colour jitter; RandAugment, erasing)
-        mix = batch_transform(cfg)  # and per-batch part (mixup/cutmix), or None
-        if mix is not None and getattr(dataset, "num_classes", cfg.num_classes) != cfg.num_classes:
-            raise ValueError(f"augment='deit' makes {cfg.num_classes}-class soft targets (num_classes) but the "
-                             f"dataset has {dataset.num_classes} classes: set num_classes={dataset.num_classes}")
+        # 5. Data --------------------------------------------------------------------------------------------
+        dataset, transform = _training_data(model, cfg, dataset, name)
         global_batch = cfg.batch_size * world
         steps_per_epoch = len(epoch_batches(len(dataset), global_batch, cfg.seed, 0))
 
         def save(at_step: int) -> None:
-            if out is None or not is_main:
-                return
-            state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-            atomic_save({
-                "format": CKPT_FORMAT, "model": name, "profile": profile, "arch": arch, "config": cfg.to_dict(),
-                "step": at_step, "state_dict": state, "optimizer": optimizer.state_dict(),
-                "aux_optimizer": aux_optimizer.state_dict() if aux_optimizer is not None else None,
-                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "rng": _rng_state(),
-                "history": history, "metrics": metrics, "log_acc": log_acc, "world_size": world,
-                "cpu_seconds": cpu_before + time.process_time() - t_cpu,
-                "fingerprint": _fingerprint_state(name, arch, state),
-            }, out)
+            if out is not None and is_main:
+                atomic_save(training_checkpoint(
+                    model, cfg, at_step, optimizers, schedulers, scaler, history=log.history, metrics=log.metrics,
+                    log_acc=log.acc, world_size=world,
+                    cpu_seconds=state["cpu_seconds"] + time.process_time() - t_cpu), out)
 
-        # 5. The loop ----------------------------------------------------------------------------------------
+        # 6. The loop ----------------------------------------------------------------------------------------
         bar = tqdm(total=cfg.steps, initial=step, desc=f"train {name}", disable=not progress or not is_main,
                    dynamic_ncols=True)
         while step < cfg.steps:
@@ -477,68 +624,28 @@ def train(model: nn.Module, cfg: TrainConfig, out: str | Path | None = None, dat
             for batch in loader:
                 seed_everything(mix_seed(cfg.seed, rank, step))  # the randomness of a step (noise, dropout)
                 batch = _to_device(batch, device, channels_last)
-                if mix is not None:
-                    batch = mix(batch)
-
-                with torch.autocast(device.type, dtype=amp_dtype) if use_amp else contextlib.nullcontext():
-                    loss, terms = runner(batch)
-                keys = ["loss", *terms]
-                values = torch.stack([loss.detach().float(), *(torch.as_tensor(terms[k]).detach().float().to(device)
-                                                                for k in terms)])
-                if world > 1:
-                    dist.all_reduce(values)
-                    values /= world
-                record = dict(zip(keys, values.tolist()))
-                if not all(math.isfinite(v) for v in record.values()):
-                    raise FloatingPointError(f"non-finite loss at step {step + 1}: terms {record}")
-
-                record["lr"] = optimizer.param_groups[0]["lr"]  # the lr of this step
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                if cfg.grad_clip > 0:
-                    scaler.unscale_(optimizer)
-                    nn.utils.clip_grad_norm_(main_params, cfg.grad_clip)
-                scaler.step(optimizer)
-                scaler.update()
-                scheduler.step()
-
-                if aux_optimizer is not None:  # fit the entropy bottleneck's quantiles
-                    aux_optimizer.zero_grad(set_to_none=True)
-                    aux = model.aux_loss()
-                    aux.backward()
-                    if world > 1:
-                        for p in aux_params:
-                            if p.grad is not None:
-                                dist.all_reduce(p.grad)
-                                p.grad /= world
-                    aux_optimizer.step()
-                    record["aux_loss"] = float(aux.detach())
-                    if not math.isfinite(record["aux_loss"]):
-                        raise FloatingPointError(f"non-finite aux loss at step {step + 1}: {record['aux_loss']}")
+                if transform is not None:
+                    batch = transform(batch)
+                ctx.step = step
+                lr = lr_source.param_groups[0]["lr"]  # the lr of this step
+                record = {**ctx.finish(step_fn(batch)), "lr": lr}
                 step += 1
-
-                # log: means of every term over the last log_every steps
-                for k, v in record.items():
-                    if k != "lr":
-                        log_acc[k] = log_acc.get(k, 0.0) + v
-                log_acc["_n"] = log_acc.get("_n", 0) + 1
-                if step % cfg.log_every == 0 or step == cfg.steps:
-                    n = log_acc.pop("_n")
-                    metrics = {k: v / n for k, v in log_acc.items()}
-                    history.append({"step": step, "lr": record["lr"], **metrics})
-                    log_acc = {}
-                    bar.set_postfix({k: f"{v:.4g}" for k, v in metrics.items()}, refresh=False)
+                if log.add(step, record, cfg):
+                    bar.set_postfix({k: f"{v:.4g}" for k, v in log.metrics.items()}, refresh=False)
                 bar.update(1)
-
                 if step % cfg.ckpt_every == 0 or step == cfg.steps:
                     save(step)
                 if callback is not None:
                     callback(step, {"step": step, **record})
         if world > 1:
+            import torch.distributed as dist
+
             dist.barrier()
     finally:
         if bar is not None:
             bar.close()
+        if frozen is not None:
+            frozen.restore()
         torch.use_deterministic_algorithms(det_before[0], warn_only=det_before[1])
         if created_group:
             import torch.distributed as dist
@@ -546,66 +653,10 @@ def train(model: nn.Module, cfg: TrainConfig, out: str | Path | None = None, dat
             dist.destroy_process_group()
 
     model.eval()
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    return {"step": step, "metrics": metrics, "history": history,
-            "fingerprint": _fingerprint_state(name, arch, state),
+    final = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    return {"step": step, "metrics": log.metrics, "history": log.history,
+            "fingerprint": _fingerprint_state(name, arch, final),
             "checkpoint": str(out) if out is not None else None,
             "wall_seconds": time.perf_counter() - t_wall,
-            "cpu_seconds": cpu_before + time.process_time() - t_cpu,
+            "cpu_seconds": state["cpu_seconds"] + time.process_time() - t_cpu,
             "resumed_from": start_step, "init_from": init_report}
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Loading and exporting
-# ----------------------------------------------------------------------------------------------------------
-def load_model(path: str | Path, map_location="cpu") -> nn.Module:
-    """Rebuild a model from a cdlib checkpoint (training or exported), ready to code with.
-
-    Sets ``model.fingerprint`` (of the loaded weights after ``update(force=True)``) and
-    ``model.checkpoint_meta`` (config, step, metrics, path).  The model is in eval mode.
-    """
-    from .registry import create_model, get_entry
-
-    ckpt = read_checkpoint(path, map_location=map_location)
-    try:
-        get_entry(ckpt["model"])
-    except KeyError as exc:
-        raise ValueError(f"{path}: {exc.args[0]}") from None
-    model = create_model(ckpt["model"], ckpt["profile"], **ckpt["arch"])
-    state = {k: v.float() if v.dtype in (torch.float16, torch.bfloat16) else v for k, v in ckpt["state_dict"].items()}
-    load_state_dict(model, state)
-    model.to(map_location)
-    model.eval()
-    if callable(getattr(model, "update", None)):
-        model.update(force=True)
-    model.fingerprint = fingerprint(model)
-    model.checkpoint_meta = {"config": ckpt["config"], "step": ckpt["step"], "metrics": ckpt.get("metrics", {}),
-                             "path": str(path)}
-    return model
-
-
-def _castable(key: str, t: torch.Tensor) -> bool:
-    return (t.dtype in (torch.float32, torch.float64) and t.numel() >= FP16_MIN_NUMEL
-            and not any(part in FP16_KEEP_NAMES for part in key.split("."))
-            and bool(t.abs().max() < 6e4))
-
-
-def export_checkpoint(src: str | Path, dst: str | Path, fp16: bool = True) -> Path:
-    """Write a serving copy of a checkpoint: no optimiser/RNG state; with ``fp16`` the large float
-    weights are stored as fp16 (entropy-model parameters and buffers, GDN and integer tensors stay exact).
-    ``load_model`` casts them back to fp32."""
-    ckpt = read_checkpoint(src)
-    state, cast = {}, []
-    for key, t in ckpt["state_dict"].items():
-        if fp16 and _castable(key, t):
-            state[key] = t.half()
-            cast.append(key)
-        else:
-            state[key] = t
-    loaded = {k: t.float() if k in cast else t for k, t in state.items()}
-    out = {k: ckpt[k] for k in ("format", "model", "profile", "arch", "config", "step")}
-    out.update(state_dict=state, history=ckpt.get("history", []), metrics=ckpt.get("metrics", {}),
-               cpu_seconds=ckpt.get("cpu_seconds", 0.0), world_size=ckpt.get("world_size", 1),
-               fingerprint=_fingerprint_state(ckpt["model"], ckpt["arch"], loaded),
-               exported={"fp16_keys": cast, "source_fingerprint": ckpt.get("fingerprint")})
-    return atomic_save(out, dst)

@@ -47,10 +47,11 @@ def zoo_dir() -> Path:
 
 
 def cache_dir() -> Path:
-    """Where :func:`load_or_train` caches checkpoints: ``$CDLIB_CACHE`` or ``~/.cache/cdlib/ckpt``."""
-    if os.environ.get("CDLIB_CACHE"):
-        return Path(os.environ["CDLIB_CACHE"])
-    return Path.home() / ".cache" / "cdlib" / "ckpt"
+    """Where :func:`load_or_train` caches checkpoints: ``ckpt/`` in the one cache dir of cdlib
+    (:func:`cdlib.paths.cache_dir`: ``$CDLIB_CACHE`` or ``~/.cache/cdlib``)."""
+    from .paths import cache_dir as root
+
+    return root("ckpt")
 
 
 def manifest_path() -> Path:
@@ -81,19 +82,23 @@ def _write_manifest(manifest: dict) -> None:
 
 
 def entries(model: str | None = None, **filters) -> list[dict]:
-    """Manifest entries, filtered by ``model`` and by entry fields (``profile``, ``id``...) or training-config
-    fields (``lmbda=0.0067``, ``stage="step2"``)."""
-    from .config import valid_keys
+    """Manifest entries, filtered by ``model`` and by entry fields (``profile``, ``id``...), training-config
+    fields (``lmbda=0.0067``, ``stage="step2"``) or model options (``augment="timm"``)."""
+    from .config import upgrade_config_dict, valid_keys
 
-    known = {"id", "model", "profile", "seed", "steps", "file"} | set(valid_keys())
+    manifest = load_manifest()["entries"]
+    options = {k for e in manifest for k in upgrade_config_dict(e.get("config", {}))["model_options"]}
+    known = {"id", "model", "profile", "seed", "steps", "file"} | set(valid_keys()) | options
     unknown = sorted(set(filters) - known)
     if unknown:
         raise ValueError(f"unknown zoo filter(s) {unknown}; valid filters: {', '.join(sorted(known))}")
     out = []
-    for e in load_manifest()["entries"]:
+    for e in manifest:
         if model is not None and e["model"] != model:
             continue
-        if all((e[k] if k in e else e.get("config", {}).get(k)) == v for k, v in filters.items()):
+        config = upgrade_config_dict(e.get("config", {}))
+        fields = {**config["model_options"], **config, **{k: e[k] for k in e if k != "config"}}
+        if all(fields.get(k) == v for k, v in filters.items()):
             out.append(e)
     return out
 
@@ -127,7 +132,7 @@ def verify(entry: dict | str) -> bool:
 
 def load(entry_id: str):
     """The model of a zoo entry, after checking the file's sha256 against the manifest."""
-    from .train import load_model
+    from .checkpoint import load_model
 
     entry = get_entry(entry_id)
     path = zoo_dir() / entry["file"]
@@ -159,7 +164,9 @@ def _command_line(model: str, profile: str, config: dict, arch: dict, file: str)
         base, base_arch = {}, {}
     parts = [f"python -m cdlib train {model} --profile {profile}"]
     for k, v in config.items():
-        if k not in ("model", "profile") and base.get(k, object()) != v:
+        if k == "model_options":  # one --set per option that differs from the profile's value
+            parts += [f"--set {o}={ov}" for o, ov in v.items() if base.get(k, {}).get(o, object()) != ov]
+        elif k not in ("model", "profile") and base.get(k, object()) != v:
             parts.append(f"--set {k}={json.dumps(v) if isinstance(v, dict) else v}")
     for k, v in arch.items():
         if base_arch.get(k, object()) != v:
@@ -188,7 +195,7 @@ class _ManifestLock:
 def add_entry(ckpt_path: str | Path, entry_id: str, metrics: dict, cpu_minutes: float, fp16: bool = True,
               created_by: str | None = None) -> dict:
     """Export a training checkpoint into the zoo as ``<entry_id>.pt`` and add (or replace) its manifest entry."""
-    from .train import export_checkpoint, read_checkpoint
+    from .checkpoint import export_checkpoint, read_checkpoint
 
     if not _ID.match(entry_id):
         raise ValueError(f"bad zoo entry id {entry_id!r}: use letters, digits, '_', '-', '.'")
@@ -233,10 +240,10 @@ def _json(obj: Any) -> Any:
 
 
 def _matchable(config: dict) -> dict:
-    from .config import TrainConfig
+    from .config import upgrade_config_dict
 
-    # a key missing from a stored config was added to TrainConfig later: the entry was trained with its default
-    full = {**TrainConfig().to_dict(), **config}
+    # a stored config from an older cdlib in today's layout (fields added since: their defaults)
+    full = upgrade_config_dict(config)
     return _json({k: v for k, v in full.items() if k not in MATCH_IGNORED})
 
 
@@ -260,7 +267,8 @@ def load_or_train(model_name: str, profile: str = "laptop", entry_id: str | None
     """
     from .config import config_hash, make_config
     from .registry import create_model
-    from .train import RESUME_IGNORED, load_model, read_checkpoint, seed_everything, train
+    from .checkpoint import RESUME_IGNORED, load_model, read_checkpoint
+    from .train import seed_everything, train
 
     cfg = make_config(model_name, profile, **cfg_overrides)
     full_arch = _default_arch(model_name, profile, cfg, arch)
@@ -311,6 +319,25 @@ def load_or_train(model_name: str, profile: str = "laptop", entry_id: str | None
 # ----------------------------------------------------------------------------------------------------------
 # Building the zoo (`make checkpoints`)
 # ----------------------------------------------------------------------------------------------------------
+def rate_points(model: str, **filters) -> list:
+    """The zoo's checkpoints of ``model`` (entries matching ``filters``, e.g. ``stage="step2"``), loaded and
+    ordered from low to high rate (by ``lmbda``): what a learned codec uses when it is given no weights."""
+    ids = [e["id"] for e in entries(model=model, **filters)]
+    if not ids:
+        what = ", ".join(f"{k}={v!r}" for k, v in filters.items())
+        raise ValueError(f"codec {model!r} needs model=, checkpoint= or a zoo entry for {model!r}"
+                         f"{' with ' + what if what else ''} (run `make checkpoints`)")
+    return sorted((load(i) for i in ids), key=lambda m: m.checkpoint_meta["config"]["lmbda"])
+
+
+def specs() -> list[dict]:
+    """Every registered recipe (the paper packages register theirs when loaded)."""
+    from .registry import load_papers
+
+    load_papers()
+    return list(ZOO_SPECS)
+
+
 def register_spec(entry_id: str, model: str, profile: str, overrides: dict | None = None,
                   eval_fn_name: str | None = None, other_profiles: dict | None = None) -> dict:
     """Add a zoo recipe.  ``overrides``: training-config values (an ``"arch"`` key holds architecture
@@ -376,38 +403,38 @@ def build_zoo(ids: list[str] | None = None, jobs: int = 1, workdir: str | Path |
     Training checkpoints go to ``workdir`` (default ``<cache>/zoo-build``), so an interrupted build
     resumes.  ``jobs > 1`` trains that many specs in parallel processes.
     """
-    by_id = {s["id"]: s for s in ZOO_SPECS}
+    by_id = {s["id"]: s for s in specs()}
     unknown = [i for i in ids or [] if i not in by_id]
     if unknown:
         raise ValueError(f"unknown zoo spec(s) {unknown}; specs: {', '.join(by_id) or '(none registered)'}")
-    specs = [by_id[i] for i in ids] if ids else list(ZOO_SPECS)
-    for s in specs:
+    todo = [by_id[i] for i in ids] if ids else list(by_id.values())
+    for s in todo:
         if s["eval_fn"] and s["eval_fn"] not in METRIC_FNS:
             raise ValueError(f"spec {s['id']!r}: unknown metric function {s['eval_fn']!r}; "
                              f"available: {', '.join(METRIC_FNS) or '(none)'}")
     workdir = Path(workdir) if workdir is not None else cache_dir() / "zoo-build"
     workdir.mkdir(parents=True, exist_ok=True)
 
-    if jobs > 1 and len(specs) > 1:
+    if jobs > 1 and len(todo) > 1:
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor
 
         threads = max(1, (os.cpu_count() or 1) // jobs)
         with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
-            futures = [pool.submit(_train_spec, s, str(workdir), False, threads) for s in specs]
+            futures = [pool.submit(_train_spec, s, str(workdir), False, threads) for s in todo]
             trained = [f.result() for f in futures]
     else:
-        trained = [_train_spec(s, str(workdir), progress) for s in specs]
+        trained = [_train_spec(s, str(workdir), progress) for s in todo]
 
     added = []
-    for spec, (ckpt, cpu_minutes) in zip(specs, trained):
+    for spec, (ckpt, cpu_minutes) in zip(todo, trained):
         t0 = time.perf_counter()
         entry = add_entry(ckpt, spec["id"], metrics={}, cpu_minutes=cpu_minutes)
         if spec["eval_fn"]:  # measured on the exported (served) weights
             cfg, _ = _spec_config(spec)
             metrics = METRIC_FNS[spec["eval_fn"]](load(spec["id"]), cfg)
         else:
-            from .train import read_checkpoint
+            from .checkpoint import read_checkpoint
 
             metrics = read_checkpoint(ckpt)["metrics"]
         _set_metrics(spec["id"], metrics)

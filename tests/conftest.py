@@ -5,3 +5,24 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import torch  # noqa: E402
 
 torch.set_num_threads(1)
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture
+def toy_models():
+    """Register the toy models of ``tests/toys.py`` for one test; unregister them afterwards."""
+    import sys
+    from pathlib import Path
+
+    here = str(Path(__file__).resolve().parent)
+    if here not in sys.path:
+        sys.path.insert(0, here)
+    import toys
+
+    names = toys.register_toys()
+    try:
+        yield names
+    finally:
+        toys.unregister_toys(names)

@@ -1,13 +1,55 @@
-"""python -m cdlib: compress / decompress / train / eval, and one-line errors for bad input."""
+"""python -m cdlib: compress / decompress / analyze / train / eval, and one-line errors for bad input."""
 import json
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from cdlib.cli import main
+from cdlib.codecs import base
+
+
+class ToyHeadCodec(base.Codec):
+    """Stores the pixels raw; classifies a stream into 10 brightness bins straight from the payload."""
+
+    name = "toyheads"
+    label = "toy codec with an analysis head"
+    qualities = (1,)
+    tasks = ("classification",)
+
+    def __init__(self, **kw):
+        self.kw = kw
+
+    def _encode(self, image, quality):
+        return [image.tobytes()], 0, 0
+
+    def _decode(self, strings, header):
+        return np.frombuffer(strings[0], np.uint8).reshape(header.height, header.width, 3)
+
+    def analyse(self, streams, task):
+        self.check_task(task)
+        out = []
+        for s in streams:
+            mean = np.frombuffer(base.unpack(s)[1][0], np.uint8).mean()
+            out.append(-(torch.arange(10.0) - int(mean // 25.6)).abs())
+        return torch.stack(out)
+
+
+@pytest.fixture
+def toy_codec(monkeypatch):
+    monkeypatch.setitem(base._CODECS, ToyHeadCodec.name, ToyHeadCodec)
+    return ToyHeadCodec
+
+
+def _no_pixel_decoding(monkeypatch):
+    def boom(*a, **k):
+        raise AssertionError("the pixel decoder ran")
+
+    for name in ("decode", "decode_batch", "_decode"):
+        monkeypatch.setattr(ToyHeadCodec, name, boom)
 
 
 @pytest.fixture
@@ -104,3 +146,94 @@ def test_module_entry_point(tmp_path, image):
     r = subprocess.run([sys.executable, "-m", "cdlib", "decompress", str(tmp_path / "missing.icm"), "-o",
                         str(tmp_path / "b.png")], capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "not found" in r.stderr
+
+
+@pytest.mark.slow
+def test_fresh_process_reads_streams(tmp_path, image):
+    """A new interpreter knows every codec's stream tag before it reads a stream."""
+    from cdlib.codecs import get_codec
+
+    _, arr = image
+    stream = tmp_path / "a.icm"
+    stream.write_bytes(get_codec("jpeg").encode(arr, 75))
+    r = subprocess.run([sys.executable, "-m", "cdlib", "decompress", str(stream), "-o", str(tmp_path / "a.png")],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert np.asarray(Image.open(tmp_path / "a.png")).shape == arr.shape
+    r = subprocess.run([sys.executable, "-m", "cdlib", "analyze", str(stream)], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "no analysis head" in r.stderr, r.stderr
+
+
+def test_analyze_prints_and_writes_json_without_decoding(tmp_path, toy_codec, monkeypatch, capsys):
+    stream = tmp_path / "toy image.icm"
+    stream.write_bytes(toy_codec().encode(np.full((12, 16, 3), 200, np.uint8), 1))  # mean 200: bin 7
+    out_dir = tmp_path / "out"
+    _no_pixel_decoding(monkeypatch)
+    assert main(["analyze", str(stream), "-o", str(out_dir)]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["codec"] == "toyheads" and res["task"] == "classification" and res["class"] == 7
+    assert (res["height"], res["width"]) == (12, 16)
+    probs = [p["probability"] for p in res["top5"]]
+    assert [p["class"] for p in res["top5"]][0] == 7 and len(probs) == 5
+    assert probs == sorted(probs, reverse=True) and sum(probs) <= 1.0
+    assert json.loads((out_dir / "toy image.json").read_text()) == res
+
+
+def test_analyze_refuses_what_the_codec_cannot_analyse(tmp_path, image, toy_codec, capsys):
+    path, _ = image
+    stream = tmp_path / "j.icm"
+    assert main(["compress", str(path), "--codec", "jpeg", "--quality", "50", "-o", str(stream)]) == 0
+    capsys.readouterr()
+    assert main(["analyze", str(stream), "-o", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err == ("error: codec 'jpeg' cannot analyse its stream without decoding pixels: it has no analysis head; "
+                   "decode it and run an analysis network\n")
+    assert not (tmp_path / "out").exists()
+    toy = tmp_path / "t.icm"
+    toy.write_bytes(toy_codec().encode(np.zeros((8, 8, 3), np.uint8), 1))
+    assert main(["analyze", str(toy), "--task", "detection"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: codec 'toyheads' cannot analyse 'detection'") and err.count("\n") == 1
+    assert main(["analyze", str(tmp_path / "missing.icm")]) == 2
+    assert "not found" in capsys.readouterr().err
+    (tmp_path / "bad.icm").write_bytes(b"not a stream")
+    assert main(["analyze", str(tmp_path / "bad.icm")]) == 2
+    assert capsys.readouterr().err.startswith("error:")
+
+
+def test_eval_accuracy_decode_free_or_needs_a_classifier(tmp_path, toy_codec, monkeypatch, capsys):
+    monkeypatch.setenv("CDLIB_CACHE", str(tmp_path / "cache"))
+    assert main(["eval", "--codec", "jpeg", "--task", "accuracy", "-o", str(tmp_path / "j.json")]) == 2
+    assert "--classifier" in capsys.readouterr().err
+    out = tmp_path / "toy.json"
+    assert main(["eval", "--codec", "toyheads", "--task", "accuracy", "--limit", "8", "--image-size", "32",
+                 "-o", str(out)]) == 0  # the codec classifies its own streams: a decode-free curve
+    curve = json.loads(out.read_text())["curve"]
+    assert len(curve) == 1 and curve[0]["n_images"] == 8 and 0 <= curve[0]["accuracy"] <= 1
+    assert curve[0]["bpp"] > 24 and curve[0]["classify_s"] is not None
+    assert curve[0]["psnr"] is None  # lossless: +inf, stored as null
+
+
+@pytest.mark.slow
+def test_analyze_bai2022_stream(tmp_path, monkeypatch, capsys):
+    """The shipped paper-A codec classifies a ShapesWorld image from its stream; pixels are never decoded."""
+    from cdlib.codecs import get_codec
+    from cdlib.data import ShapesWorld
+
+    codec = get_codec("bai2022")
+    img = ShapesWorld("test", n=1, image_size=64).images[0]
+    stream = tmp_path / "shape.icm"
+    stream.write_bytes(codec.encode(img, codec.qualities[-1]))
+
+    def boom(*a, **k):
+        raise AssertionError("the pixel decoder ran")
+
+    for name in ("decode", "decode_batch"):
+        monkeypatch.setattr(base.Codec, name, boom)
+    assert main(["analyze", str(stream), "-o", str(tmp_path)]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["codec"] == "bai2022" and 0 <= res["class"] < 10
+    probs = [p["probability"] for p in res["top5"]]
+    assert len(probs) == 5 and sum(probs) <= 1.0 + 1e-9 and res["top5"][0]["class"] == res["class"]
+    assert json.loads((tmp_path / "shape.json").read_text()) == res

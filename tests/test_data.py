@@ -1,6 +1,9 @@
-"""cdlib.data: ShapesWorld, natural photos, user-dataset loaders, build_dataset."""
+"""cdlib.data: ShapesWorld, natural photos, user-dataset loaders, the dataset registry; cdlib.images, cdlib.paths."""
 import json
+import re
 import time
+from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -8,9 +11,10 @@ import torch
 from PIL import Image
 
 from cdlib.config import make_config
+from cdlib import images, paths
 from cdlib.data import (
     FlatFolderDataset, ImageFolderDataset, NaturalPhotos, ShapesWorld, VOC_CLASSES, build_dataset, coco_detection,
-    content_hash, load_image, voc_detection,
+    content_hash, list_datasets, load_image, register_dataset, unregister_dataset, voc_detection,
 )
 
 
@@ -86,6 +90,7 @@ def test_shapes_sizes_and_flip_augmentation():
     assert [tr._flipped(j) for j in range(32)] != [j in flipped for j in range(32)]
 
 
+@pytest.mark.slow  # ~7 s on one thread: generates 2,000 scenes twice (and times it)
 def test_shapes_cache_roundtrip_and_speed(tmp_path):
     t = time.perf_counter()
     a = ShapesWorld("train", n=2000, image_size=64)
@@ -248,3 +253,116 @@ def test_build_dataset(tmp_path):
         build_dataset(cfg, "train")
     with pytest.raises(ValueError, match="split"):
         build_dataset(cfg, "holdout")
+
+
+# ------------------------------------------------------------------------------------------------ dataset registry
+def _cfg(**kw):
+    """The TrainConfig fields the dataset builders read, without going through make_config."""
+    base = dict(dataset="shapes", num_train=16, image_size=32, seed=0, batch_size=4, data_path="")
+    return SimpleNamespace(**{**base, **kw})
+
+
+def test_registry_lists_builtin_datasets_and_rejects_unknown():
+    assert list_datasets()[:4] == ("shapes", "photos", "imagefolder", "flatfolder")
+    with pytest.raises(ValueError, match=re.escape("unknown dataset 'nope'; expected shapes | photos | imagefolder")):
+        build_dataset(_cfg(dataset="nope"), "train")
+    with pytest.raises(ValueError, match="split"):  # the split is checked before the name
+        build_dataset(_cfg(dataset="nope"), "holdout")
+
+
+def test_registry_toy_dataset_register_build_unregister():
+    calls = []
+
+    class Toy(torch.utils.data.Dataset):
+        def __init__(self, n):
+            self.n = n
+
+        def __len__(self):
+            return self.n
+
+        def __getitem__(self, i):
+            return {"image": torch.full((3, 4, 4), i / 10), "label": torch.tensor(i % 2)}
+
+    @register_dataset("toy_for_test")
+    def build(cfg, split):
+        calls.append((cfg.dataset, split))
+        return Toy(cfg.num_train if split == "train" else 3)
+
+    try:
+        assert "toy_for_test" in list_datasets()
+        ds = build_dataset(_cfg(dataset="toy_for_test", num_train=7), "train")
+        assert isinstance(ds, Toy) and len(ds) == 7
+        assert len(build_dataset(_cfg(dataset="toy_for_test"), "val")) == 3
+        assert calls == [("toy_for_test", "train"), ("toy_for_test", "val")]
+        with pytest.raises(ValueError, match="already registered"):
+            register_dataset("toy_for_test")(lambda cfg, split: None)
+        with pytest.raises(ValueError, match="split"):
+            build_dataset(_cfg(dataset="toy_for_test"), "holdout")
+        assert len(calls) == 2
+    finally:
+        assert unregister_dataset("toy_for_test") is build
+    assert "toy_for_test" not in list_datasets()
+    with pytest.raises(ValueError, match="unknown dataset 'toy_for_test'; expected shapes"):
+        build_dataset(_cfg(dataset="toy_for_test"), "train")
+    with pytest.raises(ValueError, match="unknown dataset"):
+        unregister_dataset("toy_for_test")
+
+
+def test_registry_builtin_builders(tmp_path):
+    tr = build_dataset(_cfg(dataset="photos", image_size=40, batch_size=20, seed=5), "train")
+    assert isinstance(tr, NaturalPhotos) and (tr.split, tr.crop, tr.seed, len(tr)) == ("train", 40, 5, 1280)
+    assert len(build_dataset(_cfg(dataset="photos"), "train")) == 1024
+    assert build_dataset(_cfg(dataset="photos"), "val").split == "test"
+    for k in range(2):
+        _write(tmp_path / "flat" / f"{k}.png", (20, 30))
+        _write(tmp_path / "flat" / "train" / f"{k}.png", (40, 50))
+        _write(tmp_path / "inet" / "val" / "cat" / f"{k}.png", (40, 50))
+    flat = _cfg(dataset="flatfolder", data_path=str(tmp_path / "flat"), image_size=16, seed=2)
+    ftr, fte = build_dataset(flat, "train"), build_dataset(flat, "test")
+    assert ftr.root == tmp_path / "flat" / "train" and ftr.crop == 16 and ftr.seed == 2
+    assert fte.root == tmp_path / "flat" and fte.crop is None and fte[0]["image"].shape == (3, 30, 20)
+    ifd = build_dataset(_cfg(dataset="imagefolder", data_path=str(tmp_path / "inet"), image_size=24), "val")
+    assert isinstance(ifd, ImageFolderDataset) and ifd.root == tmp_path / "inet" / "val" and not ifd.train
+    assert ifd[1]["image"].shape == (3, 24, 24)
+
+
+# ------------------------------------------------------------------------------------------------ images, paths
+def test_data_reexports_images_and_paths():
+    import cdlib.data as data
+
+    assert data.load_image is images.load_image and data.fit_max_side is images.fit_max_side
+    assert data.to_item_image is images.to_item_image and data.cache_dir is paths.cache_dir
+    for name in data.__all__:
+        assert hasattr(data, name), name
+
+
+def test_image_conversions_roundtrip():
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 256, (13, 21, 3), dtype=np.uint8)
+    x = images.to_tensor([a, a[::-1]])
+    assert x.shape == (2, 3, 13, 21) and x.dtype == torch.float32
+    assert np.array_equal(images.to_uint8(x)[1], a[::-1])
+    assert torch.equal(images.to_item_image(a), x[0])
+    assert np.array_equal(images.as_rgb_uint8(x[0]), a) and np.array_equal(images.as_rgb_uint8(x[:1]), a)
+    with pytest.raises(ValueError, match="uint8"):
+        images.as_rgb_uint8(a.astype(np.float32))
+    with pytest.raises(ValueError, match="H, W, 3"):
+        images.as_rgb_uint8(a[..., 0])
+    padded, ph, pw = images.pad_to(x, 16)
+    assert padded.shape == (2, 3, 16, 32) and (ph, pw) == (3, 11)
+    assert torch.equal(padded[..., :13, :21], x) and torch.equal(padded[..., -1, :21], x[..., -1, :])
+    assert images.pad_to(x, 1)[0] is x
+    small = images.fit_max_side(rng.integers(0, 256, (300, 170, 3), dtype=np.uint8), 60)
+    assert small.shape == (60, 34, 3) and images.fit_max_side(a, 100) is a and images.fit_max_side(a, None) is a
+
+
+def test_paths(tmp_path, monkeypatch):
+    assert paths.cache_dir("shapesworld") == tmp_path / "cache" / "shapesworld"  # the autouse fixture's $CDLIB_CACHE
+    monkeypatch.delenv("CDLIB_CACHE")
+    assert paths.cache_dir() == Path.home() / ".cache" / "cdlib"
+    monkeypatch.delenv("CDLIB_RESULTS", raising=False)
+    assert paths.results_dir("laptop") == Path("results") / "laptop"
+    monkeypatch.setenv("CDLIB_RESULTS", str(tmp_path / "res"))
+    assert paths.results_dir("paper") == tmp_path / "res" / "paper"
+    shapes = ShapesWorld("test", n=2, cache=False)
+    assert shapes._cache_path().parent == Path.home() / ".cache" / "cdlib" / "shapesworld"

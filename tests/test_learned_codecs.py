@@ -5,8 +5,9 @@ import torch
 
 from cdlib.bitstream import BitstreamError, pack, unpack
 from cdlib.codecs import get_codec
-from cdlib.codecs.learned import LearnedCodec, pad_to, to_tensor
-from cdlib.models.baselines import bpp_of_likelihoods
+from cdlib.codecs.learned import LearnedCodec
+from cdlib.images import pad_to, to_tensor
+from cdlib.losses import bpp_of_likelihoods
 from cdlib.registry import create_model
 
 SIZES = [(1, 1), (17, 33), (97, 131), (256, 256)]

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from cdlib import recipes, zoo
+from cdlib import zoo
 
 ENTRIES = zoo.load_manifest()["entries"] if zoo.manifest_path().is_file() else []
 pytestmark = pytest.mark.skipif(not ENTRIES, reason="no zoo shipped in this checkout")
@@ -27,7 +27,7 @@ def test_zoo_is_small():
 
 def test_every_recipe_is_shipped():
     shipped = {e["id"] for e in ENTRIES}
-    missing = [s["id"] for s in zoo.ZOO_SPECS if s["id"] not in shipped]
+    missing = [s["id"] for s in zoo.specs() if s["id"] not in shipped]
     assert not missing, f"recipes without a zoo entry (run `make checkpoints`): {missing}"
 
 
@@ -38,7 +38,7 @@ REMEASURED = ["hyperprior_q2", "pixel_classifier", "bai2022_q4"]
 @pytest.mark.parametrize("entry_id", REMEASURED)
 def test_metrics_reproduce(entry_id):
     entry = zoo.get_entry(entry_id)
-    spec = next(s for s in zoo.ZOO_SPECS if s["id"] == entry_id)
+    spec = next(s for s in zoo.specs() if s["id"] == entry_id)
     cfg, _ = zoo._spec_config(spec)
     got = zoo.METRIC_FNS[spec["eval_fn"]](zoo.load(entry_id), cfg)
     for k, v in entry["metrics"].items():

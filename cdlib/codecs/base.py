@@ -11,34 +11,25 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from ..bitstream import BitstreamError, Header, pack, unpack
+from ..bitstream import BitstreamError, Header, pack, register_codec_name, same_model, unpack
+from ..images import as_rgb_uint8
 
 
-def as_rgb_uint8(image) -> np.ndarray:
-    """Validate/convert an image to ``uint8 (H, W, 3)``; clear error on anything else."""
-    if hasattr(image, "detach"):  # torch tensor (C,H,W) in [0,1]
-        t = image.detach().cpu()
-        if t.ndim == 4 and t.shape[0] == 1:
-            t = t[0]
-        if t.ndim != 3 or t.shape[0] != 3:
-            raise ValueError(f"expected a tensor of shape (3, H, W), got {tuple(t.shape)}")
-        image = (t.clamp(0, 1) * 255).round().to(dtype=__import__("torch").uint8).permute(1, 2, 0).numpy()
-    arr = np.asarray(image)
-    if arr.ndim != 3 or arr.shape[2] != 3:
-        raise ValueError(f"expected an RGB image of shape (H, W, 3), got shape {arr.shape}")
-    if arr.dtype != np.uint8:
-        raise ValueError(f"expected dtype uint8, got {arr.dtype}")
-    if arr.shape[0] < 1 or arr.shape[1] < 1:
-        raise ValueError(f"empty image of shape {arr.shape}")
-    return np.ascontiguousarray(arr)
+class AnalysisNotSupported(ValueError):
+    """A codec was asked to analyse its streams for a task it has no analysis head for."""
 
 
 class Codec(ABC):
-    """Base class.  Subclasses implement ``_encode``/``_decode`` on payload strings."""
+    """Base class.  Subclasses implement ``_encode``/``_decode`` on payload strings.
+
+    A codec that can analyse its own streams without decoding pixels (a learned codec with a task head
+    on its latents) lists those tasks in :attr:`tasks` and implements :meth:`analyse`.
+    """
 
     name: str = ""
     label: str = ""                 # honest display name, e.g. "HEVC (x265)"
     qualities: Sequence = ()        # default sweep, from low to high rate
+    tasks: tuple[str, ...] = ()     # tasks analysed from the stream itself, no pixel decoding (see analyse)
 
     # -- to implement -------------------------------------------------------
     @abstractmethod
@@ -60,15 +51,20 @@ class Codec(ABC):
         strings, pad_h, pad_w = self._encode(img, q)
         return pack(self.name, strings, img.shape[0], img.shape[1], pad_h, pad_w, float(q), self.cfg_hash(q))
 
-    def decode(self, data: bytes) -> np.ndarray:
+    def parse(self, data: bytes) -> tuple[Header, list[bytes]]:
+        """Unpack a stream and check that this codec, with these weights, made it (else BitstreamError)."""
         header, strings = unpack(data)
         if header.codec != self.name:
             raise BitstreamError(f"stream was made by codec {header.codec!r}, not {self.name!r}")
         expected = self.cfg_hash(header.quality)
-        if header.cfg_hash != expected:
+        if not same_model(header.cfg_hash, expected):
             raise BitstreamError(
                 f"stream needs model {header.cfg_hash.hex()} but this {self.name!r} codec is "
                 f"{expected.hex()}: use the checkpoint the stream was made with")
+        return header, strings
+
+    def decode(self, data: bytes) -> np.ndarray:
+        header, strings = self.parse(data)
         try:
             out = self._decode(strings, header)
         except BitstreamError:
@@ -90,6 +86,29 @@ class Codec(ABC):
         data = self.encode(image, quality)
         return self.decode(data), data
 
+    # -- analysis from the stream, without decoding pixels -------------------
+    def check_task(self, task) -> str:
+        """The name of ``task`` (a name or a :class:`cdlib.eval.Task`) if this codec analyses it from its
+        streams; else raise :class:`AnalysisNotSupported` saying what to do instead."""
+        name = getattr(task, "name", task)
+        if not self.tasks:
+            raise AnalysisNotSupported(
+                f"codec {self.name!r} cannot analyse its stream without decoding pixels: it has no analysis "
+                "head; decode it and run an analysis network")
+        if name not in self.tasks:
+            raise AnalysisNotSupported(
+                f"codec {self.name!r} cannot analyse {name!r} from its stream: it analyses only "
+                f"{', '.join(self.tasks)}; decode it and run an analysis network for {name!r}")
+        return name
+
+    def analyse(self, streams: Sequence[bytes], task):
+        """Task output for ``streams`` made by this codec, computed from the streams alone: the pixel
+        decoder never runs.  For ``"classification"``: logits ``(N, num_classes)``; other tasks return
+        what :meth:`cdlib.eval.Task.postprocess` of that task takes.  Codecs without an analysis head
+        (``tasks == ()``) raise :class:`AnalysisNotSupported`."""
+        self.check_task(task)
+        raise NotImplementedError(f"codec {self.name!r} lists tasks {self.tasks} but does not implement analyse()")
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r})"
 
@@ -98,6 +117,7 @@ _CODECS: dict[str, Callable[..., Codec]] = {}
 
 
 def register_codec(name: str):
+    register_codec_name(name)  # its 1-byte stream tag (refused if it collides with another codec name)
     def deco(factory):
         _CODECS[name] = factory
         return factory
@@ -105,7 +125,10 @@ def register_codec(name: str):
 
 
 def list_codecs() -> list[str]:
-    from . import classical, learned  # noqa: F401  (registration side effects)
+    from ..registry import load_papers
+    from . import classical  # noqa: F401  (registration side effects)
+
+    load_papers()  # learned codecs are registered by their paper packages
     return sorted(_CODECS)
 
 

@@ -57,7 +57,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from ..bitstream import BitstreamError, Header, pack, unpack
+from ..bitstream import BitstreamError, Header, pack, same_model, unpack
 from .base import Codec, as_rgb_uint8, register_codec
 
 __all__ = ["JPEGCodec", "WebPCodec", "JPEG2000Codec", "AVIFCodec", "HEVCCodec", "VVCCodec",
@@ -430,7 +430,7 @@ class _FFmpegCodec(Codec):
         parsed = []
         for s in streams:  # the same checks as Codec.decode, in order; raise on the first bad one
             header, strings = unpack(s)
-            if header.codec != self.name or header.cfg_hash != self.cfg_hash(header.quality) \
+            if header.codec != self.name or not same_model(header.cfg_hash, self.cfg_hash(header.quality)) \
                     or len(strings) != 1 or not strings[0]:
                 parsed.append(None)
             else:

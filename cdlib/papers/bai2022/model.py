@@ -28,8 +28,9 @@ from compressai.models.utils import conv, deconv
 from timm.layers import trunc_normal_
 from timm.models.vision_transformer import Block
 
-from ..registry import register_model
-from .baselines import bpp_of_likelihoods, classification_loss, rd_metrics
+from ...losses import bpp_of_likelihoods, classification_loss, rd_metrics
+from ...registry import Option, register_model
+from .augment import AUGMENTS
 
 # (alpha, beta) of the step-2 loss alpha*CE + beta*MSE_255 + bpp, per rate point (papers.md, Paper A).
 # All three satisfy alpha = 100 * beta, so a config carries only beta, as ``lmbda``:
@@ -84,6 +85,12 @@ _TRAIN = {
 }
 
 
+def check_config(cfg) -> None:
+    """Cross-field checks of a bai2022 config (registered with the model)."""
+    if cfg.model_options.get("augment") == "deit" and cfg.batch_size % 2:
+        raise ValueError(f"augment='deit' mixes pairs of images: batch_size must be even, got {cfg.batch_size}")
+
+
 @register_model(
     "bai2022",
     arch={
@@ -93,6 +100,10 @@ _TRAIN = {
                       agg_blocks=(0, 1, 2, 3), patchify=False, drop_path=0.1, local_hyperprior=False),
     },
     train=_TRAIN,
+    options={"augment": Option("", str, choices=AUGMENTS,
+                               help='training augmentation: "" crops and flips only; "timm" + colour jitter 0.4 '
+                                    '(step 2); "deit" + RandAugment, erasing, mixup/cutmix (step 1, paper scale)')},
+    check_config=check_config,
 )
 class Bai2022(CompressionModel):
     r"""Bai et al. 2022: one model that compresses and classifies, a ViT on the quantised latent.
@@ -375,3 +386,17 @@ class Bai2022(CompressionModel):
         if "label" in batch:
             res["accuracy"] = (out["logits"].argmax(1) == batch["label"]).float().mean().item()
         return res
+
+    # -- training data (trainer hooks): the model option ``augment`` (augment.py) ---------------------------
+    def wrap_train_dataset(self, dataset, cfg):
+        """Per-image part of ``augment``: timm's colour jitter ("timm"), RandAugment and erasing ("deit")."""
+        from .augment import wrap_dataset
+
+        return wrap_dataset(dataset, cfg.model_options["augment"], cfg.seed)
+
+    def batch_transform(self, cfg):
+        """Per-batch part of ``augment``: mixup/cutmix with label smoothing ("deit"), else None."""
+        from .augment import batch_transform
+
+        return batch_transform(cfg.model_options["augment"], cfg.num_classes, cfg.label_smoothing)
+

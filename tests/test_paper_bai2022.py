@@ -1,5 +1,7 @@
-"""bai2022 (Paper A): sizes, the two training stages, real bitstreams, decode-free classification."""
+"""bai2022 (Paper A): sizes, the two training stages, real bitstreams, decode-free classification, and the
+model option ``augment`` (timm's colour jitter; DeiT's RandAugment, erasing and mixup/cutmix, seeded, in [0, 1])."""
 import math
+import random
 
 import numpy as np
 import pytest
@@ -8,9 +10,10 @@ import torch
 from cdlib.bitstream import BitstreamError, pack, unpack
 from cdlib.codecs import get_codec
 from cdlib.config import make_config
-from cdlib.codecs.learned import Bai2022Codec
-from cdlib.models.bai2022 import QUALITIES, STEP1_OVERRIDES, Bai2022, quality_overrides
-from cdlib.models.baselines import bpp_of_likelihoods
+from cdlib.losses import bpp_of_likelihoods, classification_loss
+from cdlib.papers.bai2022 import Bai2022Codec
+from cdlib.papers.bai2022.augment import BatchMixup, ColorJitterAugment, DeiTAugment
+from cdlib.papers.bai2022.model import QUALITIES, STEP1_OVERRIDES, Bai2022, quality_overrides
 from cdlib.registry import create_model
 
 
@@ -188,7 +191,7 @@ def test_codec_roundtrip_and_classify(model, monkeypatch):
     header, strings = unpack(data)
     assert len(strings) == 2 and all(len(s) > 0 for s in strings)
     assert codec.decode(data).shape == img.shape
-    from cdlib.codecs.learned import pad_to, to_tensor
+    from cdlib.images import pad_to, to_tensor
 
     xp, _, _ = pad_to(to_tensor([img]), 32)
     with torch.no_grad():
@@ -202,7 +205,7 @@ def test_bytes_bpp_close_to_likelihood_bpp(model):
     img = _image(128, 128, seed=2)
     header, strings = unpack(codec.encode(img, 0))
     payload_bits = 8 * sum(len(s) for s in strings)
-    from cdlib.codecs.learned import to_tensor
+    from cdlib.images import to_tensor
 
     with torch.no_grad():
         lik_bits = float(bpp_of_likelihoods(model(to_tensor([img]))["likelihoods"], 1))
@@ -235,11 +238,12 @@ def test_local_hyperprior_is_the_same_on_any_image_size(local):
 def test_zoo_bytes_within_2pct_of_estimate_on_photos(rid):
     """Shipped rate points: real rANS payload within 2% of the likelihood estimate, either way, summed over
     the held-out photos at 256 px (larger than the 64-px training images), as chapter 3 asserts."""
-    from cdlib import recipes, zoo
+    from cdlib import zoo
+    from cdlib.recipes import photo_test_images
     from cdlib.eval import stream_report
 
     codec = Bai2022Codec([zoo.load(rid).eval()], name="bai2022")
-    rep = stream_report(codec, recipes.photo_test_images())
+    rep = stream_report(codec, photo_test_images())
     gap = rep["payload_bits"].sum() / rep["estimated_bits"].sum() - 1
     assert abs(gap) < 0.02, (rid, gap, rep[["payload_bits", "estimated_bits", "tail_latents"]])
 
@@ -345,3 +349,95 @@ def test_paper_profile_ddp_on_fake_imagefolder(tmp_path):
         ckpt = read_checkpoint(out)
         assert ckpt["step"] == 2 and ckpt["world_size"] == 2 and ckpt["profile"] == "paper"
     assert set(read_checkpoint(tmp_path / "step2.pt")["metrics"]) >= {"ce", "mse", "bpp"}
+
+
+# ---------------------------------------------------------------------------------------- augment option
+class _Images(torch.utils.data.Dataset):
+    def __init__(self, n=6, size=32):
+        g = torch.Generator().manual_seed(0)
+        self.images = torch.rand(n, 3, size, size, generator=g)
+        self.num_classes = 3
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        return {"image": self.images[i], "label": torch.tensor(i % 3)}
+
+
+def test_deit_augment_is_seeded_in_range_and_leaves_global_rngs_alone():
+    base = _Images()
+    aug = DeiTAugment(base, seed=0)
+    random.seed(1), np.random.seed(1), torch.manual_seed(1)
+    before = (random.random(), np.random.rand(), torch.rand(1))
+    random.seed(1), np.random.seed(1), torch.manual_seed(1)
+    items = [aug[i] for i in range(len(aug))]
+    assert (random.random(), np.random.rand(), torch.rand(1)) == before  # the caller's generators untouched
+    again = [aug[i] for i in range(len(aug))]
+    for a, b, i in zip(items, again, range(len(aug))):
+        assert torch.equal(a["image"], b["image"]) and int(a["label"]) == i % 3
+        assert a["image"].shape == (3, 32, 32) and 0 <= a["image"].min() and a["image"].max() <= 1
+    assert any(not torch.allclose(a["image"], base[i]["image"], atol=2 / 255) for i, a in enumerate(items))
+    aug.set_epoch(1)
+    assert any(not torch.equal(aug[i]["image"], items[i]["image"]) for i in range(len(aug)))
+    assert DeiTAugment(base, seed=1)[0]["image"].shape == (3, 32, 32) and aug.num_classes == 3
+
+
+def test_colour_jitter_is_seeded_and_in_range():
+    base = _Images()
+    aug = ColorJitterAugment(base, seed=0)
+    torch.manual_seed(1)
+    before = torch.rand(1)
+    torch.manual_seed(1)
+    a = [aug[i]["image"] for i in range(len(aug))]
+    assert torch.equal(torch.rand(1), before)
+    assert all(torch.equal(x, aug[i]["image"]) for i, x in enumerate(a))
+    assert all(0 <= x.min() and x.max() <= 1 and x.shape == (3, 32, 32) for x in a)
+    assert not torch.allclose(a[0], base[0]["image"])
+    aug.set_epoch(1)
+    assert not torch.equal(aug[0]["image"], a[0])
+
+
+def test_deit_augment_refuses_non_image_items():
+    class Bad(_Images):
+        def __getitem__(self, i):
+            return {"image": torch.rand(32, 32), "label": torch.tensor(0)}
+
+    with pytest.raises(ValueError, match=r"\(3, H, W\)"):
+        DeiTAugment(Bad())[0]
+
+
+def test_batch_mixup_gives_soft_smoothed_targets():
+    np.random.seed(0)
+    mix = BatchMixup(num_classes=3, label_smoothing=0.1)
+    x = torch.rand(4, 3, 16, 16)
+    out = mix({"image": x, "label": torch.tensor([0, 1, 2, 0])})
+    y = out["label"]
+    assert y.shape == (4, 3) and y.is_floating_point()
+    torch.testing.assert_close(y.sum(1), torch.ones(4))
+    assert float(y.min()) >= 0.1 / 3 - 1e-6  # smoothing is in the targets
+    assert out["image"].shape == x.shape and not torch.equal(out["image"], x)
+    with pytest.raises(ValueError, match="even batch"):
+        mix({"image": torch.rand(3, 3, 8, 8), "label": torch.tensor([0, 1, 2])})
+    with pytest.raises(ValueError, match="labelled"):
+        mix({"image": x})
+
+
+def test_soft_targets_are_not_smoothed_twice():
+    logits = torch.randn(5, 4)
+    label = torch.tensor([0, 3, 1, 2, 2])
+    hard = classification_loss(logits, label, 0.1)
+    smooth = torch.nn.functional.one_hot(label, 4).float() * 0.9 + 0.1 / 4
+    torch.testing.assert_close(classification_loss(logits, smooth, 0.1), hard)
+    torch.testing.assert_close(classification_loss(logits, label, 0.0),
+                               torch.nn.functional.cross_entropy(logits, label))
+    with pytest.raises(ValueError, match="num_classes"):
+        classification_loss(logits, torch.rand(5, 10))
+
+
+def test_config_checks_augment():
+    with pytest.raises(ValueError, match="valid values: '', timm, deit"):
+        make_config("bai2022", "laptop", augment="randaugment")
+    with pytest.raises(ValueError, match="batch_size must be even"):
+        make_config("bai2022", "laptop", augment="deit", batch_size=31)
+    assert make_config("bai2022", "laptop", augment="deit").model_options["augment"] == "deit"

@@ -5,8 +5,8 @@ import timm
 import torch
 import torch.nn as nn
 
-from ..registry import register_model
-from .baselines import classification_loss
+from ...losses import classification_loss
+from ...registry import register_model
 
 
 class PixelClassifier(nn.Module):

@@ -1,13 +1,15 @@
 """Training augmentation beyond the datasets' own crops and flips: Paper A's two recipes, from timm.
 
-``cfg.augment = "timm"`` is step 2 of Paper A: timm's default training colour jitter (0.4) per image.
-``cfg.augment = "deit"`` is step 1 of Paper A at paper scale (DeiT, Touvron et al. 2021): per image
+The bai2022 model option ``augment`` (``--set augment=...``) picks one; the model's data hooks
+(``wrap_train_dataset``, ``batch_transform``) hand it to the training loop.
+``augment = "timm"`` is step 2 of Paper A: timm's default training colour jitter (0.4) per image.
+``augment = "deit"`` is step 1 of Paper A at paper scale (DeiT, Touvron et al. 2021): per image
 RandAugment ``rand-m9-mstd0.5-inc1`` and random erasing (p 0.25, per-pixel noise), per batch mixup
 (alpha 0.8) or cutmix (alpha 1.0) with label smoothing folded into the soft targets.  The pieces are
 timm's; this module only makes them reproducible (every random draw is seeded from the seed, the epoch
 and the item, like the datasets' own augmentation) and keeps images in [0, 1], which a codec needs.
 
-``cfg.augment = ""``: nothing here; the dataset's crops and flips only (which the other two keep).
+``augment = ""``: nothing here; the dataset's crops and flips only (which the other two keep).
 """
 from __future__ import annotations
 
@@ -122,7 +124,7 @@ class BatchMixup:
     """timm's ``Mixup`` on a training batch: mixed images, soft ``"label"`` of shape (B, num_classes).
 
     Label smoothing goes into the soft targets here, so the loss must not smooth again
-    (:func:`cdlib.models.baselines.classification_loss`).  Draws come from NumPy's global generator,
+    (:func:`cdlib.losses.classification_loss`).  Draws come from NumPy's global generator,
     which the training loop re-seeds before every step.
     """
 
@@ -142,15 +144,24 @@ class BatchMixup:
         return {**batch, "image": x, "label": y}
 
 
-def wrap_dataset(dataset, cfg):
-    """The training dataset with ``cfg.augment`` applied per item (unchanged for ``""``)."""
-    if cfg.augment == "deit":
-        return DeiTAugment(dataset, cfg.seed)
-    if cfg.augment == "timm":
-        return ColorJitterAugment(dataset, cfg.seed)
+AUGMENTS = ("", "timm", "deit")
+
+
+def _check(augment: str) -> str:
+    if augment not in AUGMENTS:
+        raise ValueError(f"bad value {augment!r} for 'augment'; valid values: {', '.join(map(repr, AUGMENTS))}")
+    return augment
+
+
+def wrap_dataset(dataset, augment: str, seed: int):
+    """The training dataset with ``augment`` applied per item (unchanged for ``""``)."""
+    if _check(augment) == "deit":
+        return DeiTAugment(dataset, seed)
+    if augment == "timm":
+        return ColorJitterAugment(dataset, seed)
     return dataset
 
 
-def batch_transform(cfg):
-    """The per-batch part of ``cfg.augment`` (``None`` for ``""``)."""
-    return BatchMixup(cfg.num_classes, cfg.label_smoothing) if cfg.augment == "deit" else None
+def batch_transform(augment: str, num_classes: int, label_smoothing: float):
+    """The per-batch part of ``augment`` (``None`` for ``""`` and ``"timm"``)."""
+    return BatchMixup(num_classes, label_smoothing) if _check(augment) == "deit" else None

@@ -1,0 +1,309 @@
+"""Checkpoints: the ``cdlib-ckpt-1`` format, atomic writes, fingerprints, resume, export, loading.
+
+A checkpoint is a ``torch.save``d dict (described in ``docs/ARCHITECTURE.md``) written atomically: a
+temporary file, then ``os.replace``.  A *training* checkpoint holds everything a killed run needs to
+continue bit-exactly: the model's ``state_dict`` (parameters and buffers: momentum encoders, queues and
+other training state live there), the state of every named optimiser and scheduler
+(``"optimizers"``/``"schedulers"``, dicts by name), the AMP scaler, the random generators, the log.
+Exported (zoo) files keep only the weights, optionally in fp16 (:func:`export_checkpoint`).
+:func:`load_model` rebuilds a ready-to-code model from either.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import random
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from .config import TrainConfig, upgrade_config_dict, valid_keys
+
+CKPT_FORMAT = "cdlib-ckpt-1"
+
+# Config keys that may differ between a run and its resumption: they do not change the numbers.
+RESUME_IGNORED = ("num_workers", "ckpt_every")
+
+# Buffers of CompressAI entropy models: their size changes with ``update()``; never cast, never synced by DDP.
+ENTROPY_BUFFERS = ("_quantized_cdf", "_offset", "_cdf_length", "scale_table")
+
+# export_checkpoint(fp16=True) casts a float tensor to fp16 only if it has at least this many elements and
+# no part of its name is one of these (entropy models and GDN parameters stay exact).
+FP16_MIN_NUMEL = 256
+FP16_KEEP_NAMES = ("quantiles", "_quantized_cdf", "_offset", "_cdf_length", "scale_table", "target",
+                   "entropy_bottleneck", "gaussian_conditional", "matrices", "biases", "factors",
+                   "gamma", "beta")
+
+_RESUME_HINT = "pass resume=False (CLI: --restart) to overwrite it, or choose another output path"
+
+
+def is_entropy_state(name: str) -> bool:
+    """Whether a parameter/buffer name is entropy-model state (quantiles, CDF tables)."""
+    last = name.rsplit(".", 1)[-1]
+    return last == "quantiles" or last in ENTROPY_BUFFERS
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Fingerprints
+# ----------------------------------------------------------------------------------------------------------
+def _tensor_bytes(t: torch.Tensor) -> bytes:
+    t = t.detach().cpu().contiguous().reshape(-1)
+    return t.view(torch.uint8).numpy().tobytes() if t.numel() else b""
+
+
+def fingerprint_state(name: str, arch: dict, state: dict) -> str:
+    """16 hex digits of a model name, its architecture kwargs and a state dict (keys, dtypes, shapes, bytes)."""
+    h = hashlib.blake2b(digest_size=8)
+    h.update(str(name).encode())
+    h.update(json.dumps(arch, sort_keys=True, default=str).encode())
+    for key, t in state.items():
+        h.update(f"|{key}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(_tensor_bytes(t))
+    return h.hexdigest()
+
+
+_fingerprint_state = fingerprint_state  # the name train.py used
+
+
+def fingerprint(model: nn.Module) -> str:
+    """16 hex digits identifying the exact weights (and buffers) of a model, its name and architecture.
+
+    Bitstreams carry it so that a decoder with other weights refuses to decode.  It is a
+    function of the model's *current* state: call it after ``update(force=True)``.
+    """
+    return fingerprint_state(getattr(model, "model_name", type(model).__name__),
+                             getattr(model, "arch", {}), model.state_dict())
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Files
+# ----------------------------------------------------------------------------------------------------------
+def atomic_save(obj: Any, path: str | Path) -> Path:
+    """``torch.save`` to ``path.tmp``, flush to disk, then ``os.replace`` onto ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def read_checkpoint(path: str | Path, map_location="cpu") -> dict:
+    """Load a cdlib checkpoint dict (``weights_only``: no code runs), with clear errors."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:
+        raise ValueError(f"{path} is not a cdlib checkpoint (torch.load failed: "
+                         f"{str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CKPT_FORMAT:
+        found = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise ValueError(f"{path} is not a cdlib checkpoint (expected format {CKPT_FORMAT!r}, found {found!r})")
+    return ckpt
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Random generators
+# ----------------------------------------------------------------------------------------------------------
+def rng_state() -> dict:
+    """The states of torch's (CPU and, when initialised, CUDA), Python's and NumPy's global generators."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+             "numpy": (kind, keys.tolist(), int(pos), int(has_gauss), float(cached))}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore what :func:`rng_state` returned."""
+    torch.set_rng_state(state["torch"])
+    random.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in state["python"]))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    if "cuda" in state and torch.cuda.is_available():
+        with contextlib.suppress(Exception):
+            torch.cuda.set_rng_state_all(state["cuda"])
+
+
+_rng_state, _set_rng_state = rng_state, set_rng_state  # the names train.py used
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Weights
+# ----------------------------------------------------------------------------------------------------------
+def load_state_dict(model: nn.Module, state: dict, strict: bool = True):
+    """``model.load_state_dict`` that first resizes entropy-model buffers (``_quantized_cdf``...) whose size
+    depends on whether ``update()`` was called, so any cdlib checkpoint loads into any fresh model."""
+    own = dict(model.named_buffers())
+    for key, value in state.items():
+        buf = own.get(key)
+        resizable = buf is not None and (buf.numel() == 0 or key.rsplit(".", 1)[-1] in ENTROPY_BUFFERS)
+        if resizable and buf.shape != value.shape:
+            buf.resize_(value.shape)
+    return model.load_state_dict(state, strict=strict)
+
+
+def load_init_weights(model: nn.Module, path: str | Path, verbose: bool = True) -> dict:
+    """Load weights from another checkpoint (``cfg.init_from``; ``strict=False``); report what did not match:
+    ``{"path", "missing", "unexpected", "shape_mismatch"}``."""
+    ckpt = read_checkpoint(path)
+    own = model.state_dict()
+    state, mismatched = {}, []
+    for key, value in ckpt["state_dict"].items():
+        if key in own and own[key].shape != value.shape and key.rsplit(".", 1)[-1] not in ENTROPY_BUFFERS:
+            mismatched.append(key)
+            continue
+        state[key] = value.to(own[key].dtype) if key in own and value.is_floating_point() else value
+    result = load_state_dict(model, state, strict=False)
+    report = {"path": str(path), "missing": list(result.missing_keys),
+              "unexpected": list(result.unexpected_keys), "shape_mismatch": mismatched}
+    if verbose and (report["missing"] or report["unexpected"] or mismatched):
+        warnings.warn(f"init_from {path}: missing keys {report['missing']}, unexpected keys "
+                      f"{report['unexpected']}, skipped (shape mismatch) {mismatched}", stacklevel=3)
+    return report
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Training checkpoints: write, check, restore
+# ----------------------------------------------------------------------------------------------------------
+def training_checkpoint(model: nn.Module, cfg: TrainConfig, step: int, optimizers: dict, schedulers: dict,
+                        scaler, **extra) -> dict:
+    """The dict of a resumable training checkpoint (``extra``: history, metrics, log_acc, world_size,
+    cpu_seconds ...).  The RNG states are those of the moment of the call."""
+    name = getattr(model, "model_name", type(model).__name__)
+    arch = getattr(model, "arch", {})
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    return {"format": CKPT_FORMAT, "model": name, "profile": getattr(model, "profile", cfg.profile), "arch": arch,
+            "config": cfg.to_dict(), "step": int(step), "state_dict": state,
+            "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
+            "schedulers": {k: s.state_dict() for k, s in schedulers.items()},
+            "scaler": scaler.state_dict() if scaler is not None else None, "rng": rng_state(), **extra,
+            "fingerprint": fingerprint_state(name, arch, state)}
+
+
+def _saved_states(ckpt: dict) -> tuple[dict, dict]:
+    """(optimizer states, scheduler states) by name; checkpoints written before named optimisers held
+    ``optimizer``/``aux_optimizer``/``scheduler``, which are the default hooks' ``main``/``aux``/``main``."""
+    if "optimizers" in ckpt:
+        return dict(ckpt["optimizers"]), dict(ckpt.get("schedulers") or {})
+    opts = {"main": ckpt["optimizer"]}
+    if ckpt.get("aux_optimizer"):
+        opts["aux"] = ckpt["aux_optimizer"]
+    return opts, ({"main": ckpt["scheduler"]} if ckpt.get("scheduler") is not None else {})
+
+
+def check_resumable(ckpt: dict, cfg: TrainConfig, name: str, arch: dict, world: int, path: str | Path) -> None:
+    """Raise ``ValueError`` unless ``ckpt`` is a run of the same config, model, architecture and world size.
+
+    The stored config is first brought to today's layout (:func:`cdlib.config.upgrade_config_dict`): a
+    field added since is taken at its default, an old ``augment`` becomes the model option of that name
+    (or, for a model without that option, must have held its old default ``""``)."""
+    old = {k: v for k, v in upgrade_config_dict(ckpt["config"]).items() if k not in RESUME_IGNORED}
+    new = {k: v for k, v in cfg.to_dict().items() if k not in RESUME_IGNORED}
+    diff = sorted(k for k in set(old) | set(new) if old.get(k, "<unset>") != new.get(k, "<unset>"))
+    if diff:
+        fields = set(valid_keys())
+        changes = ", ".join(f"{k}: {old.get(k, '<unset>')!r} -> {new.get(k, '<unset>')!r}"
+                            + ("" if k in fields else " (no longer a config field)") for k in diff)
+        raise ValueError(f"{path} holds a run with a different training config ({changes}); {_RESUME_HINT}")
+    same_arch = json.dumps(ckpt.get("arch"), sort_keys=True, default=str) == json.dumps(arch, sort_keys=True, default=str)
+    if ckpt.get("model") != name or not same_arch:
+        raise ValueError(f"{path} holds model {ckpt.get('model')!r} with arch {ckpt.get('arch')}, "
+                         f"not {name!r} with arch {arch}; {_RESUME_HINT}")
+    if ckpt.get("world_size", 1) != world:
+        raise ValueError(f"{path} was written by a run on {ckpt.get('world_size', 1)} process(es); this run has "
+                         f"{world} (the data order depends on it); {_RESUME_HINT}")
+
+
+def restore_training_state(ckpt: dict, model: nn.Module, optimizers: dict, schedulers: dict, scaler,
+                           path: str | Path = "the checkpoint") -> dict:
+    """Load weights, optimiser/scheduler/scaler states and the RNG states of a training checkpoint; return
+    ``{"step", "history", "log_acc", "metrics", "cpu_seconds"}``."""
+    opt_states, sched_states = _saved_states(ckpt)
+    for what, saved, built in (("optimiser", opt_states, optimizers), ("scheduler", sched_states, schedulers)):
+        if set(saved) != set(built):
+            raise ValueError(f"{path} holds {what}s {sorted(saved)} but this run builds {sorted(built)} "
+                             f"(configure_optimizers changed?); {_RESUME_HINT}")
+    load_state_dict(model, ckpt["state_dict"])
+    for key, opt in optimizers.items():
+        opt.load_state_dict(opt_states[key])
+    for key, sched in schedulers.items():
+        sched.load_state_dict(sched_states[key])
+    if ckpt.get("scaler") and scaler is not None:
+        scaler.load_state_dict(ckpt["scaler"])
+    set_rng_state(ckpt["rng"])
+    return {"step": int(ckpt["step"]), "history": list(ckpt["history"]),
+            "log_acc": dict(ckpt.get("log_acc") or {}), "metrics": dict(ckpt.get("metrics") or {}),
+            "cpu_seconds": float(ckpt.get("cpu_seconds", 0.0))}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Loading and exporting
+# ----------------------------------------------------------------------------------------------------------
+def load_model(path: str | Path, map_location="cpu") -> nn.Module:
+    """Rebuild a model from a cdlib checkpoint (training or exported), ready to code with.
+
+    Sets ``model.fingerprint`` (of the loaded weights after ``update(force=True)``) and
+    ``model.checkpoint_meta`` (config, step, metrics, path).  The model is in eval mode.
+    """
+    from .registry import create_model, get_entry
+
+    ckpt = read_checkpoint(path, map_location=map_location)
+    try:
+        get_entry(ckpt["model"])
+    except KeyError as exc:
+        raise ValueError(f"{path}: {exc.args[0]}") from None
+    model = create_model(ckpt["model"], ckpt["profile"], **ckpt["arch"])
+    state = {k: v.float() if v.dtype in (torch.float16, torch.bfloat16) else v for k, v in ckpt["state_dict"].items()}
+    load_state_dict(model, state)
+    model.to(map_location)
+    model.eval()
+    if callable(getattr(model, "update", None)):
+        model.update(force=True)
+    model.fingerprint = fingerprint(model)
+    model.checkpoint_meta = {"config": ckpt["config"], "step": ckpt["step"], "metrics": ckpt.get("metrics", {}),
+                             "path": str(path)}
+    return model
+
+
+def _castable(key: str, t: torch.Tensor) -> bool:
+    return (t.dtype in (torch.float32, torch.float64) and t.numel() >= FP16_MIN_NUMEL
+            and not any(part in FP16_KEEP_NAMES for part in key.split("."))
+            and bool(t.abs().max() < 6e4))
+
+
+def export_checkpoint(src: str | Path, dst: str | Path, fp16: bool = True) -> Path:
+    """Write a serving copy of a checkpoint: no optimiser/RNG state; with ``fp16`` the large float
+    weights are stored as fp16 (entropy-model parameters and buffers, GDN and integer tensors stay exact).
+    ``load_model`` casts them back to fp32."""
+    ckpt = read_checkpoint(src)
+    state, cast = {}, []
+    for key, t in ckpt["state_dict"].items():
+        if fp16 and _castable(key, t):
+            state[key] = t.half()
+            cast.append(key)
+        else:
+            state[key] = t
+    loaded = {k: t.float() if k in cast else t for k, t in state.items()}
+    out = {k: ckpt[k] for k in ("format", "model", "profile", "arch", "config", "step")}
+    out.update(state_dict=state, history=ckpt.get("history", []), metrics=ckpt.get("metrics", {}),
+               cpu_seconds=ckpt.get("cpu_seconds", 0.0), world_size=ckpt.get("world_size", 1),
+               fingerprint=fingerprint_state(ckpt["model"], ckpt["arch"], loaded),
+               exported={"fp16_keys": cast, "source_fingerprint": ckpt.get("fingerprint")})
+    return atomic_save(out, dst)

@@ -1,0 +1,69 @@
+"""Paper A's codec (chapter 3): real rANS streams of ``y`` and ``z``, and classification straight from a
+stream, without the pixel decoder ``g_s``."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from ... import zoo
+from ...bitstream import BitstreamError
+from ...codecs.base import register_codec
+from ...codecs.learned import LearnedCodec, learned_codec
+
+
+class Bai2022Codec(LearnedCodec):
+    """:class:`LearnedCodec` of :class:`~cdlib.papers.bai2022.model.Bai2022` models that can also
+    ``analyse`` its streams for classification: the range decoder recovers ``y_hat`` and the transformer
+    classifies it; ``g_s`` never runs (:meth:`Bai2022.classify_from_strings`)."""
+
+    tasks = ("classification",)
+
+    @torch.no_grad()
+    def analyse(self, streams: Sequence[bytes], task="classification", batch_size: int = 64) -> torch.Tensor:
+        """Logits ``(N, num_classes)`` of streams made by this codec, without decoding pixels.
+
+        Streams of one rate point and image size are decoded in batches (rANS per stream, the transformer
+        once per batch).  Raises :class:`BitstreamError` on a bad stream."""
+        self.check_task(task)
+        parsed = [self.parse(d) for d in streams]
+        groups: dict[tuple, list[int]] = {}
+        for i, (h, _) in enumerate(parsed):
+            groups.setdefault((h.quality, h.height + h.pad_h, h.width + h.pad_w), []).append(i)
+        out: list[torch.Tensor | None] = [None] * len(parsed)
+        for (quality, hp, wp), idx in groups.items():
+            if hp % self.stride or wp % self.stride:
+                raise BitstreamError(f"{self.name}: padded size {hp}x{wp} is not a multiple of the model stride "
+                                     f"{self.stride}")
+            model, shape = self._model(quality), (hp // self.stride, wp // self.stride)
+            for k in range(0, len(idx), batch_size):
+                chunk = [parsed[i][1] for i in idx[k:k + batch_size]]
+                if any(len(st) != 2 for st in chunk):
+                    raise BitstreamError(f"{self.name}: a stream does not hold the 2 latent strings (y, z) "
+                                         "the model needs")
+                try:
+                    logits = model.classify_from_strings([[st[0] for st in chunk], [st[1] for st in chunk]], shape)
+                except Exception as exc:  # the range decoder failed on a corrupt payload
+                    raise BitstreamError(f"{self.name}: payload could not be decoded "
+                                         f"({type(exc).__name__}: {exc})") from exc
+                for i, row in zip(idx[k:k + batch_size], logits):
+                    out[i] = row
+        return torch.stack(out)
+
+    def classify(self, data: bytes) -> torch.Tensor:
+        """Logits ``(1, num_classes)`` of one stream (see :meth:`analyse`)."""
+        return self.analyse([data])
+
+    def classify_batch(self, streams: Sequence[bytes], batch_size: int = 64) -> torch.Tensor:
+        """Logits ``(N, num_classes)`` of many streams (see :meth:`analyse`)."""
+        return self.analyse(streams, batch_size=batch_size)
+
+
+@register_codec("bai2022")
+def bai2022_codec(**kw) -> Bai2022Codec:
+    """``get_codec("bai2022", model=m | models=[...] | checkpoint=p | checkpoints=[...])``; with none of them,
+    the zoo's step-2 bai2022 checkpoints, ordered by rate."""
+    kw.setdefault("label", "Bai et al. 2022 (ViT on latents)")
+    if not any(kw.get(k) is not None for k in ("model", "models", "checkpoint", "checkpoints")):
+        kw["models"] = zoo.rate_points("bai2022", stage="step2")
+    return learned_codec(kw.pop("name", "bai2022"), cls=Bai2022Codec, **kw)

@@ -1,0 +1,36 @@
+"""Learned baselines (chapter 1): the factorized prior and the mean-scale hyperprior.
+
+Both are thin subclasses of CompressAI's reference models, so the transforms,
+the entropy models (``EntropyBottleneck``, ``GaussianConditional``) and the rANS
+coders behind ``compress``/``decompress`` are the library's.  What this file
+adds is the training protocol of :mod:`cdlib.train` (``loss_terms`` and
+``loss_weights``, from :class:`cdlib.losses.RateDistortionMixin`) and the two profiles.
+"""
+from __future__ import annotations
+
+from compressai.models import FactorizedPrior, MeanScaleHyperprior
+
+from ...losses import RateDistortionMixin
+from ...registry import register_model
+
+
+# Training profiles shared by both baselines.  Paper: the CompressAI/Balle recipe
+# (256x256 crops, batch 16, Adam 1e-4, aux 1e-3, ~1.5M steps on a large photo set).
+_TRAIN = {
+    "laptop": dict(dataset="photos", image_size=64, batch_size=16, lr=1e-3, aux_lr=1e-3, steps=2000,
+                   warmup_steps=100, schedule="cosine", lmbda=0.013, grad_clip=1.0),
+    "paper": dict(dataset="flatfolder", image_size=256, batch_size=16, lr=1e-4, aux_lr=1e-3, steps=1_500_000,
+                  warmup_steps=0, schedule="cosine", lmbda=0.013, grad_clip=1.0, num_workers=8),
+}
+
+
+@register_model("factorized", arch={"laptop": {"N": 64, "M": 96}, "paper": {"N": 128, "M": 192}}, train=_TRAIN)
+class Factorized(RateDistortionMixin, FactorizedPrior):
+    """Factorized prior. J. Balle, V. Laparra, E. P. Simoncelli, "End-to-end optimized image
+    compression", ICLR 2017 (architecture as in Balle et al. 2018's baseline)."""
+
+
+@register_model("hyperprior", arch={"laptop": {"N": 64, "M": 96}, "paper": {"N": 128, "M": 192}}, train=_TRAIN)
+class Hyperprior(RateDistortionMixin, MeanScaleHyperprior):
+    """Mean-scale hyperprior. D. Minnen, J. Balle, G. Toderici, "Joint autoregressive and
+    hierarchical priors for learned image compression", NeurIPS 2018 (the model without context)."""
