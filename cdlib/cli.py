@@ -85,7 +85,9 @@ def cmd_compress(a) -> int:
     h, w = img.shape[:2]
     if note:
         print(f"note: {note}", file=sys.stderr)
-    print(f"{a.output}: {len(data)} bytes, {8 * len(data) / (h * w):.4f} bpp ({w}x{h}, codec {codec.name})")
+    from .bitstream import bpp
+
+    print(f"{a.output}: {len(data)} bytes, {bpp(data, h, w):.4f} bpp ({w}x{h}, codec {codec.name})")
     return 0
 
 

@@ -169,7 +169,7 @@ def _command_line(model: str, profile: str, config: dict, arch: dict, file: str)
         elif k not in ("model", "profile") and base.get(k, object()) != v:
             parts.append(f"--set {k}={json.dumps(v) if isinstance(v, dict) else v}")
     for k, v in arch.items():
-        if base_arch.get(k, object()) != v:
+        if k not in base_arch or _json(base_arch[k]) != _json(v):  # lists and tuples compare as JSON
             parts.append(f"--arch {k}={json.dumps(v, default=str)}")
     return " ".join(parts + [f"-o {file}"])
 

@@ -105,3 +105,12 @@ def test_paper_names_stay_in_their_packages():
     out = subprocess.run(["grep", "-rl", "bai2022", str(PKG), "--include=*.py"], capture_output=True, text=True)
     files = {str(Path(f).relative_to(PKG)) for f in out.stdout.split()}
     assert not {f for f in files if not f.startswith("papers/") and f != "cli.py"}, files
+
+
+def test_chapters_do_not_import_reference_solutions():
+    """Chapters call library functions; the exercise reference solutions are for grading only."""
+    book = PKG.parent / "book"
+    bad = [f"{p.name}:{i}" for p in sorted(book.glob("ch*.md"))
+           for i, line in enumerate(p.read_text().splitlines(), 1)
+           if "import" in line and ("cdlib.exercises" in line or ".exercises import" in line)]
+    assert not bad, bad

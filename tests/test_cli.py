@@ -138,6 +138,7 @@ def test_train_then_resume(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["step"] == 3
 
 
+@pytest.mark.slow
 def test_module_entry_point(tmp_path, image):
     path, _ = image
     r = subprocess.run([sys.executable, "-m", "cdlib", "compress", str(path), "--codec", "jpeg", "--quality", "75",

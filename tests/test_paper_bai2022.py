@@ -310,6 +310,7 @@ def test_train_step1_then_step2(tmp_path):
     assert codec.decode(data).shape == (64, 64, 3) and codec.classify(data).shape == (1, 10)
 
 
+@pytest.mark.slow
 def test_paper_profile_ddp_on_fake_imagefolder(tmp_path):
     """The paper-profile path (ImageFolder data, both steps, torchrun + gloo, 2 processes), with tiny sizes."""
     import os

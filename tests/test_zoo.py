@@ -10,41 +10,23 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from compressai.entropy_models import EntropyBottleneck
-from compressai.models import CompressionModel
 
 from cdlib import registry, zoo
 from cdlib.config import make_config
 from cdlib.train import read_checkpoint, train
 
 TOY = "toy_test_zoo"
+pytestmark = pytest.mark.usefixtures("zoo_toy")
 
 
-class ZooToy(CompressionModel):
-    def __init__(self, N=4):
-        super().__init__()
-        self.enc = nn.Conv2d(3, N, 3, stride=2, padding=1)
-        self.entropy_bottleneck = EntropyBottleneck(N)
-        self.dec = nn.ConvTranspose2d(N, 3, 5, stride=2, padding=2, output_padding=1)
+@pytest.fixture
+def zoo_toy():
+    """The zoo's toy compression model (tests/toys.py), registered for one test."""
+    import toys
 
-    def forward(self, x):
-        y_hat, lk = self.entropy_bottleneck(self.enc(x))
-        return {"x_hat": self.dec(y_hat), "likelihoods": {"y": lk}}
-
-    def loss_terms(self, batch, cfg):
-        x = batch["image"]
-        out = self(x)
-        n, _, h, w = x.shape
-        return {"mse": F.mse_loss(out["x_hat"], x), "bpp": -torch.log2(out["likelihoods"]["y"]).sum() / (n * h * w)}
-
-    def loss_weights(self, cfg):
-        return {"mse": cfg.lmbda * 255.0**2, "bpp": 1.0}
-
-
-if TOY not in registry._REGISTRY:
-    registry.register_model(TOY, arch={"laptop": {"N": 4}, "paper": {"N": 8}},
-                            train={"laptop": dict(steps=6, batch_size=4, image_size=16, num_train=12, lr=1e-2,
-                                                  ckpt_every=3, log_every=3, device="cpu")})(ZooToy)
+    toys.register_zoo_toy(TOY)
+    yield TOY
+    toys.unregister_toys([TOY])
 
 
 class ToyData(torch.utils.data.Dataset):

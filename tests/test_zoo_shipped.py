@@ -35,6 +35,7 @@ def test_every_recipe_is_shipped():
 REMEASURED = ["hyperprior_q2", "pixel_classifier", "bai2022_q4"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("entry_id", REMEASURED)
 def test_metrics_reproduce(entry_id):
     entry = zoo.get_entry(entry_id)

@@ -259,6 +259,29 @@ class ToyMoCo(nn.Module):
         return record
 
 
+class ZooToy(CompressionModel):
+    """The smallest compression model, for the zoo's tests (tests/test_zoo.py)."""
+
+    def __init__(self, N=4):
+        super().__init__()
+        self.enc = nn.Conv2d(3, N, 3, stride=2, padding=1)
+        self.entropy_bottleneck = EntropyBottleneck(N)
+        self.dec = nn.ConvTranspose2d(N, 3, 5, stride=2, padding=2, output_padding=1)
+
+    def forward(self, x):
+        y_hat, lk = self.entropy_bottleneck(self.enc(x))
+        return {"x_hat": self.dec(y_hat), "likelihoods": {"y": lk}}
+
+    def loss_terms(self, batch, cfg):
+        x = batch["image"]
+        out = self(x)
+        n, _, h, w = x.shape
+        return {"mse": F.mse_loss(out["x_hat"], x), "bpp": -torch.log2(out["likelihoods"]["y"]).sum() / (n * h * w)}
+
+    def loss_weights(self, cfg):
+        return {"mse": cfg.lmbda * 255.0**2, "bpp": 1.0}
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Registration
 # ----------------------------------------------------------------------------------------------------------
@@ -276,6 +299,14 @@ def register_toys() -> list[str]:
         options={"ema": Option(0.9, float, help="key encoder momentum"), "temperature": Option(0.2, float)},
         train={"laptop": {"optimizer": "sgd", "momentum": 0.9, "nesterov": True, "weight_decay": 1e-3}})(ToyMoCo)
     return [TOY, GAN, MOCO]
+
+
+def register_zoo_toy(name: str) -> str:
+    """Register :class:`ZooToy` as ``name`` with a tiny laptop recipe (``unregister_toys([name])`` removes it)."""
+    registry.register_model(name, arch={"laptop": {"N": 4}, "paper": {"N": 8}},
+                            train={"laptop": dict(steps=6, batch_size=4, image_size=16, num_train=12, lr=1e-2,
+                                                  ckpt_every=3, log_every=3, device="cpu")})(ZooToy)
+    return name
 
 
 def unregister_toys(names=(TOY, GAN, MOCO)) -> None:
