@@ -8,7 +8,7 @@
 #   make grade [CDLIB_SOLUTIONS=solutions/]   grade exercise solutions (tests/test_exercises.py)
 #   make sync                      jupytext --sync book/ch*.md <-> notebooks/ch*.ipynb
 #   make reproduce CHAPTER=ch03_bai2022 PROFILE=paper DEVICE=cuda DATA=/path [STEPS=N] [SET="k=v k2=v2"]
-#                                  run a chapter with papermill -> results/<PROFILE>/<CHAPTER>.ipynb
+#                                  papermill -> results/<PROFILE>/chNN/<CHAPTER>.ipynb + its JSON; STEPS=N sets its *_steps
 #   make checkpoints               build the checkpoint zoo (python -m cdlib zoo build)
 #   make bench                     speed / memory / bits of every codec (python -m cdlib bench)
 #   make site-check                screenshot and check every built page in headless Chromium
@@ -118,7 +118,7 @@ export CLEAR_OUTPUTS
 reproduce: $(STAMP)
 	@test -n "$(CHAPTER)" || { echo "usage: make reproduce CHAPTER=ch03_bai2022 PROFILE=paper DEVICE=cuda DATA=/path [STEPS=N] [SET='k=v ...']" >&2; exit 2; }
 	$(PY) scripts/run_chapter.py "$(CHAPTER)" --profile "$(PROFILE)" --device "$(DEVICE)" \
-		$(if $(DATA),--data "$(DATA)") $(if $(STEPS),--set "steps=$(STEPS)") $(foreach s,$(SET),--set "$(s)")
+		$(if $(DATA),--data "$(DATA)") $(if $(STEPS),--steps "$(STEPS)") $(foreach s,$(SET),--set "$(s)")
 
 # --------------------------------------------------------------------------- library commands
 checkpoints: $(STAMP)

@@ -3,15 +3,26 @@
 Chapters call :func:`setup_chapter` right after their ``parameters`` cell.  Bad
 values (from papermill ``-p`` or an edited cell) stop the notebook with one clear
 message instead of failing half-way through a training run.
+
+Each chapter writes its results into a folder of its own, named after the chapter
+(the name it gives :func:`setup_chapter`, e.g. ``"ch02"``):
+``$CDLIB_RESULTS/<profile>/<name>/`` (default ``<repo>/results/<profile>/<name>/``), so two
+chapters that save a result of the same name (``rate_accuracy``) never overwrite each other.
+``make reproduce`` (``scripts/run_chapter.py``) writes the executed notebook into the same folder.
 """
 from __future__ import annotations
 
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .paths import RESULTS_ENV
 from .registry import PROFILES
+
+# a chapter's name is one path component: it names the chapter's results folder
+CHAPTER_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 def repo_root() -> Path:
@@ -20,6 +31,27 @@ def repo_root() -> Path:
     if (here / "_config.yml").is_file():
         return here
     return Path.cwd()
+
+
+def results_root() -> Path:
+    """``$CDLIB_RESULTS`` if set, else ``<repo>/results`` (whatever the working directory is)."""
+    env = os.environ.get(RESULTS_ENV)
+    return Path(env) if env else repo_root() / "results"
+
+
+def chapter_results_dir(name: str, profile: str) -> Path:
+    """The folder chapter ``name`` writes its results into on ``profile``: ``<results>/<profile>/<name>``
+    (not created here)."""
+    if not isinstance(name, str) or not CHAPTER_NAME_RE.match(name) or name in (".", ".."):
+        raise ValueError(f"bad chapter name {name!r}: expected one folder name such as 'ch02' "
+                         "(letters, digits, '_', '-', '.')")
+    return results_root() / profile / name
+
+
+def _result_name(name: str) -> str:
+    if not isinstance(name, str) or not name or Path(name).name != name or name in (".", ".."):
+        raise ValueError(f"bad result name {name!r}: expected a file name without folders, e.g. 'rate_accuracy'")
+    return name
 
 
 @dataclass
@@ -34,12 +66,14 @@ class Chapter:
     started: float = field(default_factory=time.perf_counter)
 
     def path(self, name: str) -> Path:
-        return self.results / name
+        """``name`` inside this chapter's results folder (``results/<profile>/<chapter>/``)."""
+        return self.results / _result_name(name)
 
     def save(self, name: str, obj) -> Path:
+        """Write ``obj`` as ``results/<profile>/<chapter>/<name>.json``; returns the path."""
         from .eval import save_json
 
-        return save_json(obj, self.results / f"{name}.json")
+        return save_json(obj, self.results / f"{_result_name(name)}.json")
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.started
@@ -56,6 +90,9 @@ class Chapter:
 def setup_chapter(name: str, profile: str = "laptop", device: str = "cpu", seed: int = 0, data_root=None,
                   budget_s: float = 180.0, require_data: tuple[str, ...] = ()) -> Chapter:
     """Validate chapter parameters; seed everything; return the chapter context.
+
+    ``name`` (e.g. ``"ch02"``) names the chapter's results folder, ``results/<profile>/<name>/``
+    (see :func:`chapter_results_dir`), created here.
 
     ``require_data``: sub-paths of ``data_root`` the paper profile needs (e.g.
     ``("imagenet/train", "kodak")``); each is checked to exist, with the expected layout in the message.
@@ -88,8 +125,7 @@ def setup_chapter(name: str, profile: str = "laptop", device: str = "cpu", seed:
         if missing:
             raise FileNotFoundError(f"data_root {root} lacks {', '.join(missing)}; expected layout: "
                                     f"{', '.join(f'<data_root>/{r}' for r in require_data)}")
+    results = chapter_results_dir(name, profile)
     seed_everything(seed)
-    base = Path(os.environ["CDLIB_RESULTS"]) if os.environ.get("CDLIB_RESULTS") else repo_root() / "results"
-    results = base / profile
     results.mkdir(parents=True, exist_ok=True)
     return Chapter(name, profile, device, seed, root, float(budget_s), results)

@@ -254,21 +254,64 @@ def restore_training_state(ckpt: dict, model: nn.Module, optimizers: dict, sched
 
 
 # ----------------------------------------------------------------------------------------------------------
+# Finite weights
+# ----------------------------------------------------------------------------------------------------------
+def nonfinite_tensors(state: dict, limit: int | None = None) -> list[str]:
+    """``"name (k of n values are NaN/inf)"`` for each floating-point tensor of ``state`` (a state dict)
+    holding a NaN or an infinity, in state-dict order; at most ``limit`` of them.  One pass, no copies
+    beyond a boolean mask per tensor."""
+    bad = []
+    for key, t in state.items():
+        if not (isinstance(t, torch.Tensor) and (t.is_floating_point() or t.is_complex())) or not t.numel():
+            continue
+        finite = torch.isfinite(t.detach())
+        if not bool(finite.all()):
+            bad.append(f"{key} ({int(finite.numel() - finite.sum())} of {t.numel()} values are NaN/inf)")
+            if limit is not None and len(bad) >= limit:
+                break
+    return bad
+
+
+def check_finite_state(state: dict, what: str, shown: int = 3) -> None:
+    """Raise ``ValueError`` naming ``what`` (a file, a model) and its first non-finite tensors, if any.
+
+    A NaN or an infinity in a weight or buffer makes a compression model useless: its entropy coder can
+    loop forever on a non-finite latent, and its decoder returns garbage.  Checked by :func:`load_model`
+    and by every learned codec (``cdlib.codecs.learned.LearnedCodec``)."""
+    bad = nonfinite_tensors(state, limit=shown + 1)
+    if bad:
+        more = ", ..." if len(bad) > shown else ""
+        raise ValueError(f"{what} has non-finite weights (NaN or inf) in {', '.join(bad[:shown])}{more}: "
+                         "the checkpoint is corrupt or its training diverged; use another checkpoint")
+
+
+# ----------------------------------------------------------------------------------------------------------
 # Loading and exporting
 # ----------------------------------------------------------------------------------------------------------
-def load_model(path: str | Path, map_location="cpu") -> nn.Module:
+def load_model(path: str | Path, map_location="cpu", expect: str | None = None,
+               expected_by: str = "this caller") -> nn.Module:
     """Rebuild a model from a cdlib checkpoint (training or exported), ready to code with.
 
     Sets ``model.fingerprint`` (of the loaded weights after ``update(force=True)``) and
     ``model.checkpoint_meta`` (config, step, metrics, path).  The model is in eval mode.
+
+    Raises ``ValueError`` if a weight or buffer is not finite (naming the file and the first bad tensors),
+    and, with ``expect`` (a registered model name), if the checkpoint holds another model (the message
+    says that ``expected_by``, e.g. ``"codec 'hyperprior'"``, needs ``expect``); both are checked before
+    the model is built.
     """
     from .registry import create_model, get_entry
 
     ckpt = read_checkpoint(path, map_location=map_location)
+    if expect is not None and ckpt.get("model") != expect:
+        raise ValueError(f"checkpoint {path} holds a {ckpt.get('model')!r} model; {expected_by} needs {expect!r}")
     try:
         get_entry(ckpt["model"])
     except KeyError as exc:
         raise ValueError(f"{path}: {exc.args[0]}") from None
+    if not isinstance(ckpt.get("state_dict"), dict):
+        raise ValueError(f"{path} is not a cdlib checkpoint (it has no state_dict)")
+    check_finite_state(ckpt["state_dict"], f"checkpoint {path}")
     model = create_model(ckpt["model"], ckpt["profile"], **ckpt["arch"])
     state = {k: v.float() if v.dtype in (torch.float16, torch.bfloat16) else v for k, v in ckpt["state_dict"].items()}
     load_state_dict(model, state)

@@ -2,29 +2,226 @@
 
 Errors caused by the user's input are printed as one line on stderr with a
 non-zero exit status (set ``CDLIB_DEBUG=1`` to see the traceback).
+
+Outputs (``-o``) are never an input of the same command (compared as files: another path or a
+symlink to the input is the input), never an existing file unless ``--force`` (``train`` resumes the
+training checkpoint it finds there: that is not an overwrite), never an existing folder (give a file
+path; ``analyze -o`` alone names a folder, where it writes ``<stream stem>.json``).  They are written
+to a temporary file in the same folder and moved into place, so a failure leaves neither a partial
+output nor a temporary file.  ``decompress`` writes the image format of the output's extension.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
+import tempfile
 import warnings
 from pathlib import Path
+from typing import Callable, Iterable
+
+# decompress: output extension -> (Pillow format, save arguments).  JPEG is lossy (quality 95, no chroma
+# subsampling); WebP is written lossless, so that it holds the decoded pixels exactly, as PNG, BMP, TIFF, PPM.
+IMAGE_OUTPUTS = {
+    ".png": ("PNG", {}),
+    ".jpg": ("JPEG", {"quality": 95, "subsampling": 0}),
+    ".jpeg": ("JPEG", {"quality": 95, "subsampling": 0}),
+    ".webp": ("WEBP", {"lossless": True}),
+    ".bmp": ("BMP", {}),
+    ".tif": ("TIFF", {}),
+    ".tiff": ("TIFF", {}),
+    ".ppm": ("PPM", {}),
+}
 
 
 class UserError(Exception):
     """A problem with the command line or its inputs, reported in one line."""
 
 
-def _parse_sets(pairs: list[str]) -> dict:
+def _parse_sets(pairs: list[str], option: str = "--set") -> dict:
     out = {}
     for p in pairs or []:
-        if "=" not in p:
-            raise UserError(f"--set expects key=value, got {p!r}")
+        if "=" not in p or not p.split("=", 1)[0].strip():
+            raise UserError(f"{option} expects key=value, got {p!r}")
         k, v = p.split("=", 1)
         out[k.strip()] = v.strip()
     return out
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Typed values: architecture options, qualities
+# ------------------------------------------------------------------------------------------------------------
+_BOOLS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
+
+
+def _arch_value(model: str, profile: str, key: str, text: str, default):
+    """``--arch key=text`` as the type of the profile's value ``default``."""
+    def bad(expected: str):
+        return UserError(f"bad value {text!r} for --arch {key} of model {model!r}: expected {expected} "
+                         f"(the {profile!r} profile has {default!r})")
+
+    if isinstance(default, bool):
+        if text.lower() not in _BOOLS:
+            raise bad("true or false")
+        return _BOOLS[text.lower()]
+    if isinstance(default, int):
+        try:
+            return int(text)
+        except ValueError:
+            raise bad("an integer") from None
+    if isinstance(default, float):
+        try:
+            value = float(text)
+        except ValueError:
+            raise bad("a number") from None
+        if not math.isfinite(value):
+            raise bad("a finite number")
+        return value
+    if isinstance(default, str):
+        return text
+    try:
+        value = json.loads(text)
+    except ValueError:
+        if isinstance(default, dict):
+            raise bad('a JSON object such as {"key": 1}') from None
+        return text  # a name that the model checks itself (agg_blocks="last"), or a string option
+    if isinstance(default, (list, tuple)) and isinstance(value, list):
+        return tuple(value) if isinstance(default, tuple) else value
+    if isinstance(default, dict) and not isinstance(value, dict):
+        raise bad('a JSON object such as {"key": 1}')
+    if default is None and isinstance(value, list):
+        return tuple(value)
+    return value
+
+
+def _parse_arch(model: str, profile: str, pairs: list[str]) -> dict:
+    from .registry import model_arch
+
+    raw = _parse_sets(pairs, "--arch")
+    defaults = model_arch(model, profile)
+    unknown = sorted(set(raw) - set(defaults))
+    if unknown:
+        raise UserError(f"unknown --arch key(s) {unknown} for model {model!r}; "
+                        f"valid keys: {', '.join(sorted(defaults))}")
+    return {k: _arch_value(model, profile, k, v, defaults[k]) for k, v in raw.items()}
+
+
+def _parse_number(text: str, option: str = "--quality"):
+    """A quality given on the command line: an int when it is written as one, else a float."""
+    text = text.strip()
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        value = float(text)
+    except ValueError:
+        raise UserError(f"{option} expects a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise UserError(f"{option} expects a finite number, got {text!r}")
+    return value
+
+
+def _check_quality(codec, quality, option: str = "--quality"):
+    """A learned codec's quality is a rate-point index: an integer in ``0..N-1``, never truncated."""
+    from .codecs.learned import LearnedCodec
+
+    if quality is None or not isinstance(codec, LearnedCodec):
+        return quality  # a classical codec checks its own range (and says it)
+    n = len(codec.qualities)
+    if float(quality).is_integer() and 0 <= quality < n:
+        return int(quality)
+    raise UserError(f"{option} {quality}: codec {codec.name!r} expects a rate-point index, an integer in "
+                    f"0..{n - 1} (0 = lowest rate)")
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Outputs
+# ------------------------------------------------------------------------------------------------------------
+def _same_file(a, b) -> bool:
+    """True when paths ``a`` and ``b`` are the same file (another spelling, a symlink, a hard link)."""
+    a, b = Path(a), Path(b)
+    try:
+        if a.exists() and b.exists():
+            return os.path.samefile(a, b)
+        return a.resolve() == b.resolve()
+    except (OSError, RuntimeError):  # an unreadable path or a symlink loop: compare the spellings
+        return os.path.abspath(a) == os.path.abspath(b)
+
+
+def _check_output(path_arg, inputs: Iterable = (), force: bool = False, example: str = "out") -> Path:
+    """The output path, refused (before any work) when it is one of ``inputs``, a folder, an existing file
+    without ``force``, under something that is not a folder, or in a folder that is not writable."""
+    out = Path(path_arg)
+    if not str(path_arg).strip():
+        raise UserError("-o needs a file path, got an empty string")
+    for src in inputs:
+        if src and _same_file(out, src):
+            raise UserError(f"-o {path_arg} is the input {src}: refusing to overwrite an input; choose another "
+                            f"output path")
+    if out.is_dir():
+        raise UserError(f"-o {path_arg} is a folder: give a file path, e.g. {out / example}")
+    if (out.exists() or out.is_symlink()) and not force:
+        raise UserError(f"-o {path_arg} exists: pass --force to overwrite it, or choose another output path")
+    for parent in out.absolute().parents:  # the nearest existing folder: found now, not after the work
+        if parent.exists() or parent.is_symlink():
+            if not parent.is_dir():
+                raise UserError(f"cannot write {path_arg}: {parent} is not a folder")
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise UserError(f"cannot write {path_arg}: the folder {parent} is not writable")
+            break
+    return out
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _atomic_write(path, write: Callable) -> None:
+    """``write(binary_file)`` into a temporary file next to ``path``, then ``os.replace`` it onto ``path``;
+    the temporary file is removed whatever fails (an encoder, a full disk, an interrupt)."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OSError(f"cannot create the folder {path.parent} of {path}: {exc.strerror or exc}") from None
+    tmp = None
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # what a plain open() would have given (mkstemp makes 0600)
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise OSError(f"cannot write {path}: {exc.strerror or exc}") from None
+    finally:
+        if tmp is not None and os.path.lexists(tmp):
+            os.unlink(tmp)
+
+
+def _image_format(path: Path) -> tuple[str, dict]:
+    fmt = IMAGE_OUTPUTS.get(path.suffix.lower())
+    if fmt is None:
+        raise UserError(f"-o {path}: cannot tell the image format from {path.suffix or 'no extension'!r}; "
+                        f"expected one of {', '.join(IMAGE_OUTPUTS)}")
+    return fmt
+
+
+def _training_checkpoint_at(path: Path) -> bool:
+    """Whether ``path`` holds a resumable cdlib training checkpoint (not a zoo export, not another file)."""
+    from .checkpoint import read_checkpoint
+
+    try:
+        ckpt = read_checkpoint(path)
+    except (ValueError, OSError):
+        return False
+    return "optimizers" in ckpt or "optimizer" in ckpt
 
 
 def cmd_train(a) -> int:
@@ -34,24 +231,66 @@ def cmd_train(a) -> int:
 
     overrides = _parse_sets(a.set)
     cfg = make_config(a.model, a.profile, **overrides)
-    arch = _parse_sets(a.arch)
-    arch = {k: json.loads(v) if v[:1] in "[{0123456789-tf" else v for k, v in arch.items()}
-    arch = {k: tuple(v) if isinstance(v, list) else v for k, v in arch.items()}
+    arch = _parse_arch(a.model, a.profile, a.arch)
     if "num_classes" in get_entry(a.model).arch[a.profile] and "num_classes" not in arch:
         arch["num_classes"] = cfg.num_classes
+    # The output: an existing training checkpoint there is resumed (or, with --restart, replaced); any other
+    # existing file is refused unless --force.  train() itself checks, before the first step, that it can write.
+    out = Path(a.output)
+    resume = not a.restart
+    inputs = [cfg.init_from] if cfg.init_from else []
+    if (out.exists() or out.is_symlink()) and not out.is_dir() and not any(_same_file(out, i) for i in inputs):
+        if not _training_checkpoint_at(out):
+            if not a.force:
+                raise UserError(f"-o {a.output} exists and is not a cdlib training checkpoint (training would "
+                                f"overwrite it): pass --force to overwrite it, or choose another path")
+            resume = False
+    else:
+        _check_output(out, inputs, force=True, example="model.pt")
     seed_everything(cfg.seed)  # same seed, same initial weights
-    model = create_model(a.model, a.profile, **arch)
-    result = train(model, cfg, out=a.output, resume=not a.restart, progress=not a.quiet)
+    try:
+        model = create_model(a.model, a.profile, **arch)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        given = ", ".join(f"{k}={v!r}" for k, v in arch.items())
+        raise UserError(f"cannot build model {a.model!r} ({a.profile}) with {given or 'its profile'}: "
+                        f"{first}") from None
+    result = train(model, cfg, out=out, resume=resume, progress=not a.quiet)
     final = {k: v for k, v in result.items() if k != "history"}
     print(json.dumps({"checkpoint": str(a.output), **final}, default=str))
     return 0
 
 
+def _takes_checkpoints(factory) -> bool:
+    """Whether a registered codec factory accepts ``checkpoints=`` (the learned codecs)."""
+    import inspect
+
+    from .codecs.base import Codec
+    from .codecs.learned import LearnedCodec
+
+    if isinstance(factory, type) and issubclass(factory, Codec):
+        return issubclass(factory, LearnedCodec)
+    try:
+        params = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):
+        return True
+    return any(p.kind is p.VAR_KEYWORD or p.name == "checkpoints" for p in params)
+
+
 def _codec_for(name: str, checkpoints: list[str] | None):
-    from .codecs import get_codec
+    from .codecs import get_codec, list_codecs
+    from .codecs.base import _CODECS
 
     kw = {}
     if checkpoints:
+        names = list_codecs()
+        if name in _CODECS and not _takes_checkpoints(_CODECS[name]):
+            learned = [n for n in names if _takes_checkpoints(_CODECS[n])]
+            raise UserError(f"codec {name!r} is a classical codec and takes no --checkpoint (only learned codecs "
+                            f"do: {', '.join(learned)})")
+        for c in checkpoints:
+            if not Path(c).is_file():
+                raise UserError(f"checkpoint not found: {c}")
         kw["checkpoints"] = checkpoints
     return get_codec(name, **kw)
 
@@ -75,13 +314,15 @@ def cmd_compress(a) -> int:
 
     if not Path(a.image).is_file():
         raise UserError(f"input image not found: {a.image}")
+    out = _check_output(a.output, [a.image, *(a.checkpoint or [])], a.force, example=f"{Path(a.image).stem}.icm")
+    if out.suffix.lower() in IMAGE_OUTPUTS:
+        raise UserError(f"-o {a.output}: compress writes a cdlib stream, not a {out.suffix} image; name it "
+                        f"{out.with_suffix('.icm').name}")
+    quality = None if a.quality is None else _parse_number(a.quality)
     img, note = load_image(a.image, return_note=True)
     codec = _codec_for(a.codec, a.checkpoint)
-    quality = a.quality
-    if quality is not None:
-        quality = float(quality) if "." in quality else int(quality)
-    data = codec.encode(img, quality)
-    _atomic_write(a.output, data)
+    data = codec.encode(img, _check_quality(codec, quality))
+    _atomic_write(out, lambda f: f.write(data))
     h, w = img.shape[:2]
     if note:
         print(f"note: {note}", file=sys.stderr)
@@ -94,13 +335,15 @@ def cmd_compress(a) -> int:
 def cmd_decompress(a) -> int:
     from PIL import Image
 
+    if not Path(a.input).is_file():
+        raise UserError(f"input stream not found: {a.input}")
+    out = _check_output(a.output, [a.input, *(a.checkpoint or [])], a.force, example=f"{Path(a.input).stem}.png")
+    fmt, save_args = _image_format(out)
     _, data, name = _read_stream(a.input)
     codec = _codec_for(name, a.checkpoint)
     img = codec.decode(data)
-    tmp = Path(str(a.output) + ".tmp.png")
-    Image.fromarray(img).save(tmp, format="PNG")
-    os.replace(tmp, a.output)
-    print(f"{a.output}: {img.shape[1]}x{img.shape[0]} decoded with {name}")
+    _atomic_write(out, lambda f: Image.fromarray(img).save(f, format=fmt, **save_args))
+    print(f"{a.output}: {img.shape[1]}x{img.shape[0]} decoded with {name} ({fmt})")
     return 0
 
 
@@ -110,14 +353,20 @@ def cmd_analyze(a) -> int:
     from .bitstream import unpack
 
     path, data, name = _read_stream(a.input)
+    target = None
+    if a.output:  # a folder: OUTDIR/<stream stem>.json
+        if Path(a.output).exists() and not Path(a.output).is_dir():
+            raise UserError(f"-o {a.output} is a file: analyze -o names a folder, where it writes "
+                            f"{path.stem}.json")
+        target = _check_output(Path(a.output) / f"{path.stem}.json", [a.input, *(a.checkpoint or [])], a.force)
     codec = _codec_for(name, a.checkpoint)
     task = codec.check_task(a.task or (codec.tasks[0] if codec.tasks else "classification"))
     pred = ev.DecodeFree(codec).analyse([data], task)
     header, _ = unpack(data)
     result = {"stream": str(path), "codec": codec.name, "quality": header.quality, "height": header.height,
               "width": header.width, "task": task, **ev.get_task(task).describe(pred[0])}
-    if a.output:
-        ev.save_json(result, Path(a.output) / f"{path.stem}.json")
+    if target is not None:
+        ev.save_json(result, target)
     print(ev.dumps_json(result))
     return 0
 
@@ -126,10 +375,20 @@ def cmd_eval(a) -> int:
     from . import eval as ev
     from .data import FlatFolderDataset, NaturalPhotos, ShapesWorld
 
-    codec = _codec_for(a.codec, a.checkpoint)
+    for opt, value, low in (("--limit", a.limit, 0), ("--image-size", a.image_size, 1),
+                            ("--max-side", a.max_side, 1)):
+        if value is not None and value < low:
+            raise UserError(f"{opt} expects an integer >= {low}, got {value}")
+    inputs = [*(a.checkpoint or []), a.classifier]
+    out = _check_output(a.output, inputs, a.force, example=f"{a.codec}.json")
+    if a.data and not Path(a.data).is_dir():
+        raise UserError(f"--data expects a folder of images, got {a.data}")
     qualities = None
     if a.qualities:
-        qualities = [float(q) if "." in q else int(q) for q in a.qualities.split(",")]
+        qualities = [_parse_number(q, "--qualities") for q in a.qualities.split(",")]
+    codec = _codec_for(a.codec, a.checkpoint)
+    if qualities is not None:
+        qualities = [_check_quality(codec, q, "--qualities") for q in qualities]
     if a.task == "rd":
         if a.data:
             ds = FlatFolderDataset(a.data)
@@ -149,7 +408,7 @@ def cmd_eval(a) -> int:
                             f"{codec.name!r} cannot classify its streams by itself")
         ds = ShapesWorld("test", n=a.limit or 1000, image_size=a.image_size)
         df = ev.task_curve(pipeline, ds.images, ds.labels, "classification", qualities)
-    ev.save_json({"codec": codec.name, "task": a.task, "curve": df}, a.output)
+    ev.save_json({"codec": codec.name, "task": a.task, "curve": df}, out)
     print(df.to_string(index=False))
     print(f"wrote {a.output}")
     return 0
@@ -166,11 +425,11 @@ def cmd_zoo(a) -> int:
     from . import zoo
 
     if a.action == "list":
-        for e in zoo.load_manifest()["entries"]:
+        for e in _manifest_entries(zoo, ("id", "model", "profile", "steps", "cpu_minutes", "metrics")):
             print(f"{e['id']:28s} {e['model']:12s} {e['profile']:7s} steps={e['steps']:<6} "
                   f"cpu_min={e['cpu_minutes']:.1f} {json.dumps(e['metrics'])}")
     elif a.action == "verify":
-        bad = [e["id"] for e in zoo.load_manifest()["entries"] if not zoo.verify(e)]
+        bad = [e["id"] for e in _manifest_entries(zoo, ("id", "file", "sha256")) if not zoo.verify(e)]
         if bad:
             raise UserError(f"hash mismatch or missing file for: {', '.join(bad)}")
         print("all zoo files match the manifest")
@@ -179,10 +438,19 @@ def cmd_zoo(a) -> int:
     return 0
 
 
-def _atomic_write(path, data: bytes) -> None:
-    tmp = Path(str(path) + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+def _manifest_entries(zoo, required: tuple[str, ...]) -> list[dict]:
+    """The manifest's entries, each checked for the keys this command reads (one line naming the entry and
+    what it lacks, not a bare ``KeyError``)."""
+    entries = zoo.load_manifest()["entries"]
+    for i, e in enumerate(entries):
+        if not isinstance(e, dict):
+            raise UserError(f"{zoo.manifest_path()}: entry {i} is a {type(e).__name__}, expected an object "
+                            f"with keys {', '.join(required)}")
+        missing = [k for k in required if k not in e]
+        if missing:
+            raise UserError(f"{zoo.manifest_path()}: entry {i} ({e.get('id', 'no id')!r}) lacks "
+                            f"{', '.join(repr(k) for k in missing)}; each entry needs {', '.join(required)}")
+    return entries
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -194,22 +462,28 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--profile", default="laptop", help="laptop | paper")
     t.add_argument("--set", action="append", metavar="KEY=VALUE", help="training config override (repeatable)")
     t.add_argument("--arch", action="append", metavar="KEY=VALUE", help="architecture override (repeatable)")
-    t.add_argument("-o", "--output", required=True, help="checkpoint path (resumed if it exists)")
-    t.add_argument("--restart", action="store_true", help="ignore an existing checkpoint")
+    t.add_argument("-o", "--output", required=True, help="checkpoint path (a training checkpoint there is resumed)")
+    t.add_argument("--restart", action="store_true", help="replace an existing training checkpoint at -o")
+    t.add_argument("--force", action="store_true", help="overwrite an existing file at -o that is not a "
+                                                        "training checkpoint")
     t.add_argument("--quiet", action="store_true")
     t.set_defaults(fn=cmd_train)
 
     c = sub.add_parser("compress", help="compress an image to a cdlib bitstream")
     c.add_argument("image")
-    c.add_argument("-o", "--output", required=True)
+    c.add_argument("-o", "--output", required=True, help="the stream file (e.g. out.icm)")
+    c.add_argument("--force", action="store_true", help="overwrite an existing output file")
     c.add_argument("--codec", required=True)
     c.add_argument("--quality", default=None, help="quality/QP (classical) or rate-point index (learned)")
     c.add_argument("--checkpoint", action="append", help="checkpoint(s) of a learned codec")
     c.set_defaults(fn=cmd_compress)
 
-    d = sub.add_parser("decompress", help="decode a cdlib bitstream to PNG (the codec comes from the header)")
+    d = sub.add_parser("decompress", help="decode a cdlib bitstream to an image (the codec comes from the header)")
     d.add_argument("input")
-    d.add_argument("-o", "--output", required=True)
+    d.add_argument("-o", "--output", required=True,
+                   help=f"the image; its extension sets the format: {', '.join(IMAGE_OUTPUTS)} (JPEG at quality "
+                        f"95, WebP lossless)")
+    d.add_argument("--force", action="store_true", help="overwrite an existing output file")
     d.add_argument("--checkpoint", action="append")
     d.set_defaults(fn=cmd_decompress)
 
@@ -219,6 +493,7 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--checkpoint", action="append", help="checkpoint(s) of the codec (default: the zoo's)")
     n.add_argument("--task", default=None, help="task to analyse (default: the codec's first, e.g. classification)")
     n.add_argument("-o", "--output", metavar="OUTDIR", help="also write OUTDIR/<stream stem>.json")
+    n.add_argument("--force", action="store_true", help="overwrite an existing OUTDIR/<stream stem>.json")
     n.set_defaults(fn=cmd_analyze)
 
     e = sub.add_parser("eval", help="rate-distortion or rate-accuracy curve to JSON")
@@ -232,7 +507,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--image-size", type=int, default=64)
     e.add_argument("--max-side", type=int, default=None)
     e.add_argument("--limit", type=int, default=0)
-    e.add_argument("-o", "--output", required=True)
+    e.add_argument("-o", "--output", required=True, help="the JSON file")
+    e.add_argument("--force", action="store_true", help="overwrite an existing output file")
     e.set_defaults(fn=cmd_eval)
 
     b = sub.add_parser("bench", help="speed, memory and bits of every codec; prints a table, writes JSON")
@@ -266,6 +542,11 @@ def main(argv: list[str] | None = None) -> int:
         known = (UserError, BitstreamError, ValueError, FileNotFoundError, KeyError, RuntimeError,
                  FloatingPointError, OSError)
         kind = "error" if isinstance(exc, known) else f"internal error ({type(exc).__name__})"
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        text = str(exc)
+        if isinstance(exc, KeyError) and exc.args and isinstance(exc.args[0], str):
+            text = exc.args[0]  # str(KeyError) quotes its message
+            if " " not in text.strip():  # a bare missing key: a bug or a malformed file, not a sentence
+                kind, text = "internal error (KeyError)", f"missing key {text!r}"
+        msg = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
         print(f"{kind}: {msg}", file=sys.stderr)
         return 2

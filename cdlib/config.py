@@ -64,7 +64,8 @@ class TrainConfig:
     num_train: int = 4000          # ShapesWorld training images
     num_workers: int = 0
     log_every: int = 50
-    ckpt_every: int = 200          # steps between resumable checkpoints
+    ckpt_every: int = 200          # steps between resumable checkpoints (and one early, after step
+                                   # min(ckpt_every, 10): cdlib.train.FIRST_CHECKPOINT_STEP)
     model_options: dict = field(default_factory=dict)  # the model's declared options (register_model)
 
     def to_dict(self) -> dict[str, Any]:
@@ -235,6 +236,18 @@ def _registered_entry(model: str):
         return None
 
 
+def check_image_size(size: int, multiple: int, model: str = "") -> None:
+    """A ``ValueError`` naming the nearest valid sizes when ``size`` is not a multiple of ``multiple`` (the
+    model's stride: a 33-px image cannot go through a stride-16 encoder and back)."""
+    if multiple <= 1 or size % multiple == 0:
+        return
+    lower = size // multiple * multiple
+    nearest = " or ".join(str(v) for v in (lower, lower + multiple) if v > 0)
+    who = f"model {model!r}" if model else "the model"
+    raise ValueError(f"bad value {size} for 'image_size': {who} needs a multiple of {multiple} (its stride); "
+                     f"nearest valid: {nearest}")
+
+
 def validate(cfg: TrainConfig) -> TrainConfig:
     for key, choices in _CHOICES.items():
         if getattr(cfg, key) not in choices:
@@ -256,6 +269,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         raise ValueError(f"bad value {cfg.model_options!r} for 'model_options': expected dict")
     entry = _registered_entry(cfg.model)
     if entry is not None:
+        check_image_size(cfg.image_size, int(getattr(entry, "size_multiple", 1) or 1), cfg.model)
         check_model_options(cfg.model, cfg.model_options)
         if getattr(entry, "check_config", None) is not None:
             entry.check_config(cfg)

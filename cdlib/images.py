@@ -30,27 +30,46 @@ warnings.filterwarnings("ignore", message=".*Palette images with Transparency.*"
 
 
 # --------------------------------------------------------------------------------------------- files
+def _bit_depth(im: Image.Image, wide: np.ndarray) -> tuple[int, bool]:
+    """(bits per sample, known) of a wide integer image: ``I;16*`` modes are 16 bits, a TIFF says its own
+    (BitsPerSample), a PNG holds at most 16; otherwise 16 when the values fit, else 32 (``known=False``)."""
+    if im.mode.startswith("I;16"):
+        return 16, True
+    tags = getattr(im, "tag_v2", None)
+    if tags is not None and tags.get(258):
+        return int(max(tags[258])), True
+    if im.format == "PNG":
+        return 16, True
+    return (16 if wide.max(initial=0) <= 65535 else 32), False
+
+
 def load_image(path, return_note: bool = False):
     """Read an image file as uint8 RGB ``(H, W, 3)``.
 
     Grey images are replicated to three channels, alpha is dropped, 16-bit images are
-    scaled to 8 bits and EXIF orientation is applied; ``return_note=True`` also returns a
-    sentence saying which of these happened (or ``""``).
+    scaled to 8 bits by their bit depth (``v * 255 / 65535``, whatever their largest value: a dark
+    16-bit image stays dark), EXIF orientation is applied, and of a multi-frame file (animated GIF,
+    multi-page TIFF) only the first frame is read; ``return_note=True`` also returns a sentence
+    saying which of these happened (or ``""``).
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"image not found: {path}")
     try:
         with Image.open(path) as im:
+            original, notes = im, []
+            frames = int(getattr(im, "n_frames", 1) or 1)
+            if frames > 1:  # Image.open sits on the first frame
+                notes.append(f"{frames} frames in the file, only the first is used")
             im = ImageOps.exif_transpose(im)
             mode = im.mode
-            notes = []
             if mode in ("I;16", "I;16B", "I;16L", "I"):
                 wide = np.asarray(im, dtype=np.float64)
-                full = 65535.0 if wide.max() > 255 else 255.0
+                bits, known = _bit_depth(original, wide)  # its tags, before any transpose
+                full = float(2 ** bits - 1)
                 wide = np.clip(wide / full * 255.0 + 0.5, 0, 255).astype(np.uint8)
                 im = Image.fromarray(wide).convert("RGB")
-                notes.append("16-bit samples scaled to 8 bits")
+                notes.append(f"{bits}-bit samples scaled to 8 bits" + ("" if known else " (bit depth assumed)"))
                 mode = "L"
             if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in im.info):
                 notes.append("alpha channel dropped")

@@ -56,6 +56,7 @@ class ModelEntry:
     description: str = ""
     options: dict[str, Option] = field(default_factory=dict)  # name -> declared model option
     check_config: Callable[[Any], None] | None = None  # cross-field checks of a config (raises ValueError)
+    size_multiple: int = 1  # training image sides must be a multiple of this (the model's total stride)
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
@@ -72,7 +73,7 @@ def _as_options(name: str, options: dict | None) -> dict[str, Option]:
 
 def register_model(name: str, *, arch: dict[str, dict], train: dict[str, dict] | None = None,
                    description: str = "", options: dict[str, Option | Any] | None = None,
-                   check_config: Callable[[Any], None] | None = None):
+                   check_config: Callable[[Any], None] | None = None, size_multiple: int = 1):
     """Class/function decorator adding a model to the registry.
 
     ``arch`` maps each profile in :data:`PROFILES` to the keyword arguments of the
@@ -81,6 +82,8 @@ def register_model(name: str, *, arch: dict[str, dict], train: dict[str, dict] |
     ``options`` declares the model's own training options, ``{name: Option(default, type, choices)}``
     (a bare value is ``Option(value)``); ``check_config(cfg)`` raises ``ValueError`` for a config
     that the model cannot train with (it runs whenever a config for the model is validated).
+    ``size_multiple``: the model's total stride; a config whose ``image_size`` is not a multiple of it
+    is refused when it is made (with the nearest valid sizes), not at the first training step.
     """
     missing = [p for p in PROFILES if p not in arch]
     if missing:
@@ -88,13 +91,15 @@ def register_model(name: str, *, arch: dict[str, dict], train: dict[str, dict] |
     declared = _as_options(name, options)
     if check_config is not None and not callable(check_config):
         raise ValueError(f"model {name!r}: check_config must be callable, got {type(check_config).__name__}")
+    if isinstance(size_multiple, bool) or not isinstance(size_multiple, int) or size_multiple < 1:
+        raise ValueError(f"model {name!r}: size_multiple must be an integer >= 1, got {size_multiple!r}")
 
     def deco(factory):
         if name in _REGISTRY:
             raise ValueError(f"model {name!r} is already registered")
         _REGISTRY[name] = ModelEntry(name, factory, arch, train or {},
                                      description or (factory.__doc__ or "").strip().split("\n")[0],
-                                     declared, check_config)
+                                     declared, check_config, size_multiple)
         return factory
 
     return deco

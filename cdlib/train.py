@@ -51,6 +51,8 @@ import hashlib
 import math
 import os
 import random
+import shutil
+import tempfile
 import time
 import types
 import warnings
@@ -67,7 +69,11 @@ from .checkpoint import (CKPT_FORMAT, ENTROPY_BUFFERS, FP16_KEEP_NAMES, FP16_MIN
                          RESUME_IGNORED, _fingerprint_state, atomic_save, check_resumable, export_checkpoint,
                          fingerprint, is_entropy_state, load_init_weights, load_model, load_state_dict,
                          read_checkpoint, restore_training_state, training_checkpoint)
-from .config import TrainConfig, resolve_device, validate
+from .config import TrainConfig, check_image_size, resolve_device, validate
+
+# A run also checkpoints after this many steps (or after ``ckpt_every``, if sooner), so that a run killed
+# before its first periodic checkpoint (every 200 steps by default) still resumes.
+FIRST_CHECKPOINT_STEP = 10
 
 # Names whose parameters timm-style groups never decay (besides biases and 1-D parameters).
 NO_DECAY_NAMES = ("pos_embed", "cls_token", "dist_token", "reg_token", "mask_token", "absolute_pos_embed",
@@ -518,6 +524,68 @@ class _Log:
 
 
 # ----------------------------------------------------------------------------------------------------------
+# The output checkpoint: checked before the first step, saved with a clear error
+# ----------------------------------------------------------------------------------------------------------
+def check_output_writable(out: str | Path) -> Path:
+    """Refuse, before any training, a checkpoint path that could not be written: a directory, a folder that
+    cannot be created, or one where no file can be created.  Creates the folder; returns the path."""
+    out = Path(out)
+    if out.is_dir():
+        raise ValueError(f"checkpoint path {out} is a directory: give a file path such as {out / 'model.pt'}")
+    parent = out.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OSError(f"cannot create the folder {parent} of checkpoint {out}: {_os_reason(exc)}") from None
+    try:  # a file can be created there (permissions, read-only file system, a full disk's inodes)
+        fd, probe = tempfile.mkstemp(dir=parent, prefix=f".{out.name}.", suffix=".probe")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise OSError(f"cannot write checkpoint {out}: no file can be created in {parent} "
+                      f"({_os_reason(exc)})") from None
+    return out
+
+
+def _os_reason(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def save_training_checkpoint(ckpt: dict, out: Path, step: int) -> None:
+    """:func:`atomic_save` of a training checkpoint; a failed write (full disk, a vanished folder; torch's
+    zip writer says ``[enforce fail at inline_container.cc] unexpected pos``) becomes one ``OSError`` that
+    names the path.  The previous checkpoint at ``out``, if any, is left as it was."""
+    try:
+        atomic_save(ckpt, out)
+    except (OSError, RuntimeError) as exc:
+        text = str(exc)
+        if isinstance(exc, OSError) and exc.strerror:
+            why = exc.strerror
+        elif isinstance(exc, OSError) or any(w in text for w in ("inline_container", "unexpected pos", "write")):
+            try:  # torch's zip writer hides the errno: say what the disk has left
+                free = shutil.disk_usage(out.parent).free
+                why = f"write failed with {free / 2**20:.1f} MiB free on the disk (full?)"
+            except OSError:
+                why = "write failed"
+        else:
+            why = _os_reason(exc)
+        raise OSError(f"cannot save checkpoint {out} at step {step}: {why}; "
+                      f"the previous checkpoint, if any, is kept") from exc
+
+
+def _check_training_size(model: nn.Module, cfg: TrainConfig, name: str) -> None:
+    """``cfg.image_size`` against the model's own stride (``downsampling_factor``), before any data or step:
+    the registration's ``size_multiple`` is checked by :func:`cdlib.config.validate`; this catches a model
+    that states its stride only on itself."""
+    stride = getattr(model, "downsampling_factor", None)
+    if isinstance(stride, int) and not isinstance(stride, bool) and stride > 1:
+        check_image_size(cfg.image_size, stride, name)
+
+
+# ----------------------------------------------------------------------------------------------------------
 # The training loop
 # ----------------------------------------------------------------------------------------------------------
 def train(model: nn.Module, cfg: TrainConfig, out: str | Path | None = None, dataset=None, resume: bool = True,
@@ -526,8 +594,12 @@ def train(model: nn.Module, cfg: TrainConfig, out: str | Path | None = None, dat
     """Train ``model`` for ``cfg.steps`` optimiser steps; checkpoint to ``out``.
 
     ``dataset``: items ``{"image": (3,H,W) in [0,1], "label": int64}``; default
-    ``cdlib.data.build_dataset(cfg, "train")``.  ``resume``: continue from ``out`` if it
-    holds a checkpoint of the same config (``False`` overwrites it).  ``callback(step, record)``
+    ``cdlib.data.build_dataset(cfg, "train")`` (then ``cfg.image_size`` must be a multiple of the model's
+    ``downsampling_factor``).  ``resume``: continue from ``out`` if it
+    holds a checkpoint of the same config (``False`` overwrites it).  ``out`` is checked before the
+    first step (a folder that can hold it); checkpoints are written every ``cfg.ckpt_every`` steps, at the
+    end, and once early, after step ``min(ckpt_every, FIRST_CHECKPOINT_STEP)``; a failed write is an
+    ``OSError`` naming the path.  ``callback(step, record)``
     is called after every step (``record``: this step's logged numbers and lr); raising in it stops
     training (the last periodic checkpoint stays valid).  Under ``torchrun`` (``WORLD_SIZE>1``)
     the run is data-parallel: ``cfg.batch_size`` is per process, and
@@ -547,6 +619,10 @@ def train(model: nn.Module, cfg: TrainConfig, out: str | Path | None = None, dat
     if cfg.model and name != cfg.model:
         warnings.warn(f"training model {name!r} with a config made for {cfg.model!r}", stacklevel=2)
     out = Path(out) if out is not None else None
+    if dataset is None:  # the data will be made at cfg.image_size
+        _check_training_size(model, cfg, name)
+    if out is not None:  # found now, not after the run
+        check_output_writable(out)
 
     # 1. Processes, device, determinism --------------------------------------------------------------------
     device = resolve_device(cfg.device)
@@ -604,10 +680,12 @@ def train(model: nn.Module, cfg: TrainConfig, out: str | Path | None = None, dat
 
         def save(at_step: int) -> None:
             if out is not None and is_main:
-                atomic_save(training_checkpoint(
+                save_training_checkpoint(training_checkpoint(
                     model, cfg, at_step, optimizers, schedulers, scaler, history=log.history, metrics=log.metrics,
                     log_acc=log.acc, world_size=world,
-                    cpu_seconds=state["cpu_seconds"] + time.process_time() - t_cpu), out)
+                    cpu_seconds=state["cpu_seconds"] + time.process_time() - t_cpu), out, at_step)
+
+        first_save = min(cfg.ckpt_every, FIRST_CHECKPOINT_STEP)  # an early run that is killed resumes too
 
         # 6. The loop ----------------------------------------------------------------------------------------
         bar = tqdm(total=cfg.steps, initial=step, desc=f"train {name}", disable=not progress or not is_main,
@@ -633,7 +711,7 @@ def train(model: nn.Module, cfg: TrainConfig, out: str | Path | None = None, dat
                 if log.add(step, record, cfg):
                     bar.set_postfix({k: f"{v:.4g}" for k, v in log.metrics.items()}, refresh=False)
                 bar.update(1)
-                if step % cfg.ckpt_every == 0 or step == cfg.steps:
+                if step % cfg.ckpt_every == 0 or step == cfg.steps or step == first_save:
                     save(step)
                 if callback is not None:
                     callback(step, {"step": step, **record})

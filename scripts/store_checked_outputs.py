@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
 """Store the expected outputs of the ``# NBVAL_CHECK_OUTPUT`` cells in ``notebooks/<chapter>.ipynb``.
 
-    python scripts/store_checked_outputs.py results/laptop/ch01_learned_compression.ipynb ...
+    python scripts/store_checked_outputs.py results/laptop/ch01/ch01_learned_compression.ipynb ...
 
 Each argument is an executed copy of a chapter (``make reproduce CHAPTER=...`` writes one to
-``results/laptop/``).  The outputs of its marked cells (seeded, rounded key numbers, printed as text) are
+``results/laptop/<chNN>/``).  The outputs of its marked cells (seeded, rounded key numbers, printed as text) are
 copied into the committed notebook; every other cell stays without outputs.  ``make test`` then runs nbval,
 which compares those cells' fresh outputs with the stored ones.
 """

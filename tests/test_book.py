@@ -321,3 +321,187 @@ def test_chapter_colab_link(stem):
     assert url in html, f"built page {page.relative_to(ROOT)} has no Colab link to {url}"
     others = set(re.findall(r"https://colab\.research\.google\.com/[^\"'<>\s]+", html)) - {url}
     assert not others, f"built page {page.relative_to(ROOT)} has other Colab links: {sorted(others)}"
+
+
+# ------------------------------------------------------------------------------------ results folders
+_SETUP_NAME = re.compile(r"""setup_chapter\(\s*["']([^"']+)["']""")
+# what a chapter calls when it trains (then its parameters cell must offer a STEPS budget)
+_TRAINS = re.compile(r"\b(make_config|load_recipe|load_or_train|train_model)\(")
+
+
+def test_two_chapters_saving_the_same_name_never_collide(tmp_path, monkeypatch):
+    from cdlib.book import setup_chapter
+
+    monkeypatch.setenv("CDLIB_RESULTS", str(tmp_path))
+    a = setup_chapter("ch02", "laptop", "cpu", 0, budget_s=10)
+    b = setup_chapter("ch03", "laptop", "cpu", 0, budget_s=10)
+    pa, pb = a.save("rate_accuracy", {"chapter": 2}), b.save("rate_accuracy", {"chapter": 3})
+    assert pa == tmp_path / "laptop" / "ch02" / "rate_accuracy.json"
+    assert pb == tmp_path / "laptop" / "ch03" / "rate_accuracy.json"
+    assert json.loads(pa.read_text()) == {"chapter": 2} and json.loads(pb.read_text()) == {"chapter": 3}
+    assert a.path("fig.png").parent == a.results != b.results
+    assert not list((tmp_path / "laptop").glob("*.json")), "chapters must not write into results/<profile>/ itself"
+
+
+@pytest.mark.parametrize("name", ["", "..", "a/b", "../ch02", "/abs"])
+def test_chapter_and_result_names_are_single_folder_names(tmp_path, monkeypatch, name):
+    from cdlib.book import setup_chapter
+
+    monkeypatch.setenv("CDLIB_RESULTS", str(tmp_path))
+    with pytest.raises(ValueError, match="bad chapter name"):
+        setup_chapter(name, "laptop", "cpu", 0)
+    ch = setup_chapter("ch01", "laptop", "cpu", 0)
+    with pytest.raises(ValueError, match="bad result name"):
+        ch.save(name, {})
+
+
+def test_chapter_names_match_their_results_folders():
+    """setup_chapter's name is the stem's chNN prefix (the folder run_chapter.py puts the notebook in),
+    and no two chapters share it."""
+    names = {}
+    for stem in CHAPTERS:
+        found = _SETUP_NAME.findall((BOOK / f"{stem}.md").read_text())
+        assert len(found) == 1, f"book/{stem}.md must call setup_chapter('<name>', ...) once (found {found})"
+        assert found[0] == stem.split("_", 1)[0], (
+            f"book/{stem}.md: setup_chapter({found[0]!r}, ...) but its results folder is {stem.split('_', 1)[0]!r}"
+        )
+        assert found[0] not in names, f"{stem} and {names.get(found[0])} share the results folder {found[0]}"
+        names[found[0]] = stem
+
+
+# ------------------------------------------------------------------------------------ make reproduce arguments
+@pytest.fixture(scope="module")
+def rc():
+    """scripts/run_chapter.py as a module (nothing is executed: no notebook runs in these tests)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("run_chapter_under_test", ROOT / "scripts" / "run_chapter.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses look their module up
+    try:
+        spec.loader.exec_module(mod)
+    finally:
+        sys.modules.pop(spec.name, None)
+    return mod
+
+
+_CELL = '''
+profile = "laptop"  # comment
+device = "cpu"
+data_root: str | None = None
+ckpt: str | None = None
+seed = 0
+train_steps = 20
+zoo_steps: int | None = None
+n_test = 200
+budget_s: float = 180
+'''
+
+
+def _params(rc, *argv, cell=_CELL, chapter="chXX_test"):
+    return rc.build_parameters(rc.parse_args([chapter, *argv]), rc.parse_parameters(cell), chapter)
+
+
+def test_run_chapter_parameter_parsing(rc):
+    declared = rc.parse_parameters(_CELL)
+    assert list(declared) == ["profile", "device", "data_root", "ckpt", "seed", "train_steps", "zoo_steps", "n_test",
+                              "budget_s"]
+    assert declared["train_steps"].default == 20 and declared["zoo_steps"].annotation == "int | None"
+    assert rc.expected_types(declared["zoo_steps"]) == ("int", "None")
+    assert rc.expected_types(declared["n_test"]) == ("int",)
+    assert rc.expected_types(declared["ckpt"]) == ("str", "None")
+    assert rc.expected_types(rc.Parameter("x", None)) is None  # None default, no annotation: anything goes
+    assert rc.step_parameters(declared) == ["train_steps", "zoo_steps"]
+    assert rc.parse_sets(["a=1", " b = x=y "]) == {"a": "1", "b": "x=y"}
+    for bad in (["novalue"], ["1a=2"], ["a=1", "a=2"]):
+        with pytest.raises(rc.UsageError):
+            rc.parse_sets(bad)
+    assert rc.parse_steps("50") == 50
+    for bad in ("0", "-3", "1.5", "abc", ""):
+        with pytest.raises(rc.UsageError, match="positive integer"):
+            rc.parse_steps(bad)
+
+
+def test_run_chapter_builds_typed_parameters(rc):
+    p = _params(rc, "--steps", "7", "--set", "n_test=60", "--set", "budget_s=90.5", "--set", "ckpt=123")
+    assert p == {"profile": "laptop", "device": "cpu", "train_steps": 7, "zoo_steps": 7, "n_test": 60,
+                 "budget_s": 90.5, "ckpt": "123"}  # a str parameter keeps text that looks like a number
+    # an explicit --set of a step parameter wins over the budget; None is a valid zoo_steps
+    p = _params(rc, "--steps", "7", "--set", "zoo_steps=None", "--set", "train_steps=3")
+    assert p["train_steps"] == 3 and p["zoo_steps"] is None
+    assert _params(rc, "--set", "budget_s=60")["budget_s"] == 60  # an int is a valid float
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--set", "bogus=1"], r"unknown parameter\(s\) bogus for chXX_test; its parameters cell declares: "
+                           r"profile, device, data_root, ckpt, seed, train_steps, zoo_steps, n_test, budget_s"),
+    (["--set", "steps=5"], r"unknown parameter\(s\) steps .*STEPS=N"),
+    (["--set", "n_test=abc"], r"bad value for parameter n_test: expected int \(default 200\), got 'abc'"),
+    (["--set", "n_test=2.5"], r"parameter n_test: expected int"),
+    (["--set", "zoo_steps=many"], r"parameter zoo_steps: expected int or None"),
+    (["--set", "budget_s=true"], r"parameter budget_s: expected float"),
+    (["--set", "seed=1.5"], r"parameter seed: expected int"),
+    (["--steps", "ten"], r"STEPS \(--steps\) must be a positive integer"),
+    (["--steps", "0"], r"positive integer"),
+    (["--set", "profile=paper"], r"use --profile instead"),
+    (["--set", "data_root=/x"], r"use --data instead"),
+    (["--profile", "huge"], r"unknown profile 'huge'; valid profiles: laptop, paper"),
+    (["--device", "tpu"], r"invalid device 'tpu'"),
+    (["--data", "/does/not/exist"], r"does not exist"),
+    (["--bogus-flag"], r"unrecognized arguments"),
+])
+def test_run_chapter_bad_arguments_give_one_clear_line(rc, argv, message):
+    with pytest.raises(rc.UsageError, match=message) as info:
+        _params(rc, *argv)
+    assert "\n" not in str(info.value)
+
+
+def test_run_chapter_steps_refused_for_a_chapter_that_does_not_train(rc):
+    cell = 'profile = "laptop"\ndevice = "cpu"\ndata_root = None\nn_test = 200\n'
+    with pytest.raises(rc.UsageError, match=r"chXX_test does not train .*declares: profile, device, data_root, n_test"):
+        _params(rc, "--steps", "5", cell=cell)
+
+
+def test_run_chapter_main_reports_usage_errors_in_one_line(rc, capsys):
+    assert rc.main(["no_such_chapter", "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("run_chapter: error: unknown chapter 'no_such_chapter'") and err.count("\n") == 1
+    if CHAPTERS:
+        assert rc.main([CHAPTERS[0], "--set", "nope=1", "--dry-run"]) == 2
+        err = capsys.readouterr().err
+        assert "unknown parameter(s) nope" in err and "profile, device" in err and err.count("\n") == 1
+
+
+def test_run_chapter_output_goes_to_the_chapter_results_folder(rc, capsys, monkeypatch, tmp_path):
+    if not CHAPTERS:
+        pytest.skip("no chapters yet")
+    stem = CHAPTERS[0]
+    monkeypatch.delenv("CDLIB_RESULTS", raising=False)
+    assert rc.chapter_results(stem, "paper") == ROOT / "results" / "paper" / stem.split("_", 1)[0]
+    monkeypatch.setenv("CDLIB_RESULTS", str(tmp_path))
+    assert rc.main([stem.split("_", 1)[0], "--profile", "paper", "--dry-run"]) == 0  # "ch01" finds its chapter
+    out = capsys.readouterr().out
+    assert f"output  : {tmp_path / 'paper' / stem.split('_', 1)[0] / (stem + '.ipynb')}" in out
+
+
+@pytest.mark.parametrize("stem", CHAPTERS)
+def test_steps_budget_reaches_the_chapter_step_parameters(rc, stem):
+    """STEPS=N sets exactly the *_steps parameters of the chapter's parameters cell (read from the .md,
+    independently of run_chapter.py), and a chapter that trains has at least one."""
+    md_nb, _ = _read_pair(stem)
+    cell = next(c for c in _code_cells(md_nb) if "parameters" in _tags(c))
+    tree = ast.parse(cell.source)
+    names = [t.id for n in tree.body if isinstance(n, ast.Assign) for t in n.targets if isinstance(t, ast.Name)]
+    names += [n.target.id for n in tree.body if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name)]
+    want = sorted(n for n in names if n == "steps" or n.endswith("_steps"))
+    declared = rc.notebook_parameters(NOTEBOOKS / f"{stem}.ipynb")
+    assert sorted(declared) == sorted(names)
+    assert sorted(rc.step_parameters(declared)) == want
+    if _TRAINS.search((BOOK / f"{stem}.md").read_text()):
+        assert want, f"{stem} trains but its parameters cell has no *_steps parameter for STEPS=N"
+    if want:
+        params = rc.build_parameters(rc.parse_args([stem, "--steps", "7"]), declared, stem)
+        assert {k: params[k] for k in want} == {k: 7 for k in want}
+    else:
+        with pytest.raises(rc.UsageError, match="does not train"):
+            rc.build_parameters(rc.parse_args([stem, "--steps", "7"]), declared, stem)

@@ -225,6 +225,62 @@ def test_resume_with_other_config_is_refused(tmp_path):
     assert res["resumed_from"] == 5
 
 
+def test_a_run_killed_before_its_first_periodic_checkpoint_resumes_exactly(tmp_path):
+    """ckpt_every=200 (the default) and a kill at step 12: the early checkpoint of step 10 is kept."""
+    from cdlib.train import FIRST_CHECKPOINT_STEP
+
+    assert FIRST_CHECKPOINT_STEP == 10
+    full, rfull = run(tmp_path, "full.pt", steps=14, ckpt_every=200)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path, "cut.pt", steps=14, ckpt_every=200, callback=stop_at(12))
+    assert read_checkpoint(tmp_path / "cut.pt")["step"] == 10
+    resumed, rres = run(tmp_path, "cut.pt", steps=14, ckpt_every=200, model=fresh_model(9))
+    assert rres["resumed_from"] == 10 and same_weights(full, resumed) and rres["history"] == rfull["history"]
+    assert_same_training_state(tmp_path / "full.pt", tmp_path / "cut.pt")
+
+
+def test_unwritable_output_is_found_before_the_first_step(tmp_path):
+    steps = []
+    blocker = tmp_path / "afile"
+    blocker.write_text("x")
+    with pytest.raises(OSError, match=r"cannot create the folder .*afile of checkpoint .*c\.pt"):
+        run(tmp_path, "afile/c.pt", callback=lambda step, rec: steps.append(step))
+    with pytest.raises(ValueError, match=r"is a directory: give a file path"):
+        run(tmp_path, "", callback=lambda step, rec: steps.append(step))
+    assert steps == []
+    # a folder that does not exist yet is created
+    run(tmp_path, "new/sub/c.pt", steps=2)
+    assert read_checkpoint(tmp_path / "new" / "sub" / "c.pt")["step"] == 2
+    assert not list((tmp_path / "new" / "sub").glob(".*"))  # the write probe is gone
+
+
+@pytest.mark.parametrize("failure", ["torch", "oserror"])
+def test_full_disk_while_saving_says_so_and_keeps_the_last_checkpoint(tmp_path, monkeypatch, failure):
+    import cdlib.checkpoint as ck
+
+    real_save, calls = torch.save, []
+
+    def save(obj, f, *a, **k):
+        calls.append(obj["step"])
+        if len(calls) < 2:
+            return real_save(obj, f, *a, **k)
+        f.write(b"PK\x03\x04 partial")
+        if failure == "torch":  # what torch's zip writer raises when the disk is full
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 1728 vs 1626")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ck.torch, "save", save)
+    why = r"write failed with [0-9.]+ MiB free on the disk \(full\?\)" if failure == "torch" else \
+        "No space left on device"
+    with pytest.raises(OSError, match=rf"^cannot save checkpoint .*c\.pt at step 10: {why}; the previous "
+                                      r"checkpoint, if any, is kept$") as info:
+        run(tmp_path, "c.pt")
+    assert "\n" not in str(info.value) and calls == [5, 10]
+    monkeypatch.undo()
+    assert read_checkpoint(tmp_path / "c.pt")["step"] == 5
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.pt"]
+
+
 def _as_legacy(path, **config_changes):
     """Rewrite a training checkpoint as cdlib wrote it before named optimisers and model options."""
     ckpt = torch.load(path, weights_only=True)

@@ -104,6 +104,7 @@ def check_config(cfg) -> None:
                                help='training augmentation: "" crops and flips only; "timm" + colour jitter 0.4 '
                                     '(step 2); "deit" + RandAugment, erasing, mixup/cutmix (step 1, paper scale)')},
     check_config=check_config,
+    size_multiple=2 * PATCH,  # g_a has stride 16 and h_a one more stride 2
 )
 class Bai2022(CompressionModel):
     r"""Bai et al. 2022: one model that compresses and classifies, a ViT on the quantised latent.

@@ -24,13 +24,15 @@ _TRAIN = {
 }
 
 
-@register_model("factorized", arch={"laptop": {"N": 64, "M": 96}, "paper": {"N": 128, "M": 192}}, train=_TRAIN)
+@register_model("factorized", arch={"laptop": {"N": 64, "M": 96}, "paper": {"N": 128, "M": 192}}, train=_TRAIN,
+                size_multiple=16)
 class Factorized(RateDistortionMixin, FactorizedPrior):
     """Factorized prior. J. Balle, V. Laparra, E. P. Simoncelli, "End-to-end optimized image
     compression", ICLR 2017 (architecture as in Balle et al. 2018's baseline)."""
 
 
-@register_model("hyperprior", arch={"laptop": {"N": 64, "M": 96}, "paper": {"N": 128, "M": 192}}, train=_TRAIN)
+@register_model("hyperprior", arch={"laptop": {"N": 64, "M": 96}, "paper": {"N": 128, "M": 192}}, train=_TRAIN,
+                size_multiple=64)
 class Hyperprior(RateDistortionMixin, MeanScaleHyperprior):
     """Mean-scale hyperprior. D. Minnen, J. Balle, G. Toderici, "Joint autoregressive and
     hierarchical priors for learned image compression", NeurIPS 2018 (the model without context)."""
