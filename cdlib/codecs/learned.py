@@ -361,6 +361,20 @@ class LearnedCodec(Codec):
         return x_hat
 
 
+    # -- batches: one forward pass for many same-size images -------------------
+    def encode_batch(self, images, quality=None, batch_size: int = 32) -> list[bytes]:
+        """Streams of many images; same-size images are encoded ``batch_size`` at a time (one forward pass)."""
+        imgs = [as_rgb_uint8(im) for im in images]
+        if len({im.shape for im in imgs}) != 1:
+            return super().encode_batch(imgs, quality)
+        q = self.qualities[len(self.qualities) // 2] if quality is None else quality
+        h, w = imgs[0].shape[:2]
+        out = []
+        for i in range(0, len(imgs), batch_size):
+            for strings, ph, pw in self._encode_tensor(to_tensor(imgs[i:i + batch_size]), q):
+                out.append(pack(self.name, strings, h, w, ph, pw, float(q), self.cfg_hash(q)))
+        return out
+
 def _finite_output(owner: str, module, inputs, output) -> None:
     """Forward hook (and check) of the pixel decoder: a reconstruction with a NaN or inf is an error."""
     if isinstance(output, torch.Tensor) and not bool(torch.isfinite(output).all()):
