@@ -4,9 +4,13 @@
 >>> model = cdlib.create_model("hyperprior", profile="laptop")
 >>> codec = cdlib.get_codec("jpeg")
 """
-from .bitstream import BitstreamError
-from .config import TrainConfig, make_config
-from .registry import create_model, list_models
+from .progress import settle_tqdm_auto as _settle_tqdm_auto
+
+_settle_tqdm_auto()  # no 'IProgress not found' warning in notebooks without ipywidgets (cdlib.progress)
+
+from .bitstream import BitstreamError  # noqa: E402
+from .config import TrainConfig, make_config  # noqa: E402
+from .registry import create_model, list_models  # noqa: E402
 
 __version__ = "0.1.0"
 

@@ -82,6 +82,12 @@ class Chapter:
     def laptop(self) -> bool:
         return self.profile == "laptop"
 
+    def summary(self) -> str:
+        """One line for the reader: the chapter's settings, without any path of this machine."""
+        data = "no data folder" if self.data_root is None else "data folder given"
+        return (f"{self.name}: {self.profile} profile on {self.device}, seed {self.seed}, "
+                f"time budget {self.budget_s:g} s, {data}")
+
     def __repr__(self) -> str:
         return (f"Chapter({self.name}: profile={self.profile}, device={self.device}, seed={self.seed}, "
                 f"data_root={self.data_root}, results={self.results})")

@@ -610,7 +610,9 @@ def train(model: nn.Module, cfg: TrainConfig, out: str | Path | None = None, dat
     "cpu_seconds", "resumed_from", "init_from"}``; ``metrics`` are the means of the logged numbers
     over the last ``cfg.log_every`` steps, ``history`` one such record per ``log_every`` steps.
     """
-    from tqdm.auto import tqdm
+    from .progress import progress_bar
+
+    tqdm = progress_bar()
 
     validate(cfg)
     t_wall, t_cpu = time.perf_counter(), time.process_time()

@@ -1,6 +1,7 @@
 """The checkpoint zoo: trained weights shipped with the book, and a load-or-train cache for chapters.
 
-``zoo/`` (at the repository root, or ``$CDLIB_ZOO``) holds ``manifest.json`` and one
+``zoo/`` (at the repository root, or ``$CDLIB_ZOO``; see :func:`zoo_dir` for an installed package,
+which finds the zoo of the clone it was installed from) holds ``manifest.json`` and one
 exported checkpoint per entry.  Each manifest entry records how the file was made
 (full training config, architecture, seed, steps, CPU minutes, the command line) and
 what it reached (``metrics``), plus the file's ``sha256``: :func:`load` refuses a file
@@ -16,15 +17,20 @@ training run (``budget_steps``) whose result is cached for next time.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
 import re
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
 
+# The zoo of a source checkout (or an editable install): ``zoo/`` next to the ``cdlib/`` package folder.
 ZOO_DIR = Path(__file__).resolve().parent.parent / "zoo"
+ZOO_ENV = "CDLIB_ZOO"
+REPO_URL = "https://github.com/icm-book/icm-book"
 MANIFEST_FORMAT = "cdlib-zoo-1"
 
 # Config keys that do not define *which* model a checkpoint is (where and how fast it was trained, and
@@ -43,7 +49,54 @@ _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 # Locations and the manifest
 # ----------------------------------------------------------------------------------------------------------
 def zoo_dir() -> Path:
-    return Path(os.environ["CDLIB_ZOO"]) if os.environ.get("CDLIB_ZOO") else ZOO_DIR
+    """Where the zoo is: ``$CDLIB_ZOO`` when set, else :data:`ZOO_DIR` in a source checkout, else (a package
+    installed, not editable, from a local clone: ``pip install <clone>``) the ``zoo/`` of that clone.
+
+    When that default finds no ``manifest.json``, one warning on stderr says so (naming ``CDLIB_ZOO``):
+    chapters then train every model themselves, which on the full recipes takes hours on a CPU.
+    """
+    env = os.environ.get(ZOO_ENV)
+    if env:
+        return Path(env)
+    found = ZOO_DIR
+    if not (ZOO_DIR / "manifest.json").is_file() and not (ZOO_DIR.parent / "pyproject.toml").is_file():
+        src = _installed_from()  # not a source checkout: an installed package
+        if src is not None and (src / "zoo" / "manifest.json").is_file():
+            found = src / "zoo"
+    if not (found / "manifest.json").is_file():
+        _warn_no_zoo(found)
+    return found
+
+
+@functools.lru_cache(maxsize=1)
+def _installed_from() -> Path | None:
+    """The local folder this copy of cdlib was pip-installed from, as pip records it (``direct_url.json``,
+    PEP 610); None for an install from an index or a git URL, or when the metadata is not this copy's."""
+    from importlib import metadata
+    from urllib.parse import unquote, urlparse
+
+    try:
+        dist = metadata.distribution("icm-cdlib")
+        if Path(dist.locate_file("cdlib/zoo.py")).resolve() != Path(__file__).resolve():
+            return None  # the metadata found first belongs to another copy of the package
+        info = json.loads(dist.read_text("direct_url.json") or "null")
+    except (metadata.PackageNotFoundError, OSError, ValueError):
+        return None
+    url = info.get("url", "") if isinstance(info, dict) and "dir_info" in info else ""
+    return Path(unquote(urlparse(url).path)) if url.startswith("file://") else None
+
+
+_WARNED: set[str] = set()
+
+
+def _warn_no_zoo(path: Path) -> None:
+    if str(path) in _WARNED:
+        return
+    _WARNED.add(str(path))
+    print(f"cdlib: no checkpoint zoo found ({path / 'manifest.json'} does not exist), so every model a chapter "
+          f"needs is trained from scratch: the full recipes take hours on a CPU. Set the environment variable "
+          f"{ZOO_ENV} to the zoo/ folder of a clone of the book's repository (git clone --depth 1 {REPO_URL}), "
+          f"or install cdlib from such a clone (pip install <clone>).", file=sys.stderr)
 
 
 def cache_dir() -> Path:

@@ -6,8 +6,13 @@
 Serves ``_build/html`` on a free local port, loads ``index.html`` and every page under ``book/``
 in headless Chromium (Debian package ``chromium``) and
 
-* fails if a page shows an error: a rendered traceback, an error on stderr output, a Python error name
-  in a cell output, a Sphinx/docutils error box (``system-message``, ``problematic``);
+* fails if a page shows an error: a rendered traceback, a Python error name in a cell output, a
+  Sphinx/docutils error box (``system-message``, ``problematic``);
+* fails if a cell output is not clean: any stderr output block, a path of the building machine
+  (``/tmp/``, ``/home/``, ``/root/``, ``/work/``), a cell whose output is shown twice, ``$...$`` math left
+  unrendered, MathJax loaded from the internet (these checks need only the HTML: :func:`check_html`,
+  which the tests call directly);
+* fails if a page with math shows none typeset by MathJax in the browser (MathJax is served from the build);
 * fails if an ``<img>`` points at a file that is not in the build, or did not load in the browser
   (``naturalWidth == 0``; measured by a small script the local server adds to each page, read back
   with ``--dump-dom``);
@@ -73,8 +78,14 @@ OUTPUT_ERROR_RE = re.compile(
     r"CalledProcessError|OSError)\b"
 )
 STDERR_ERROR_RE = re.compile(r"(Error|Exception|Traceback)")
+# A path of the machine that built the book (a temporary folder, a home, the checkout) in a cell output.
+MACHINE_PATH_RE = re.compile(r"(?<![\w.~-])/(?:tmp|home|root|work|Users|var/folders)/[^\s'\"<>)]*")
 # $...$ left as text in a cell's Markdown output: it was not parsed as MyST (nb_render_markdown_format).
 RAW_MATH_RE = re.compile(r"\$[^$\s][^$]{0,200}?\$")
+# MathJax must come from the build (_static/mathjax/, book/_ext/mathjax_local.py), not from the internet.
+REMOTE_MATHJAX_RE = re.compile(r'<script[^>]+src="(?:https?:)?//[^"]*mathjax[^"]*"', re.I)
+# Math that MathJax typesets (sphinx.ext.mathjax marks it with these classes).
+MATH_NODE_RE = re.compile(r'class="[^"]*\bmath\b[^"]*"')
 REDIRECT_RE = re.compile(r'<meta\s+http-equiv="refresh"\s+content="\d+;\s*url=([^"]+)"', re.I)
 
 # Added by the local server before </body>: waits for every image, then records naturalWidth and the
@@ -159,46 +170,75 @@ def run_chromium(chromium: str, extra: list[str], url: str, timeout: float = 120
 
 # ----------------------------------------------------------------------------------------- parsing
 class PageParser(HTMLParser):
-    """Collects <img> (src, data-icm-nw, inside <article>?), <a href>, cell-output text, body attrs."""
+    """Collects <img> (src, data-icm-nw, inside <article>?), <a href>, cell-output text, body attrs.
+
+    Cell outputs: every element with class ``cell_output`` (myst-nb's container of one code cell's
+    outputs) starts a cell; each of its child elements is one output of that cell, recorded in
+    ``outputs`` as ``{"cell": <cell number>, "text": ..., "stderr": <class "stderr">}``.
+    """
 
     def __init__(self):
         super().__init__(convert_charrefs=True)
         self.images: list[dict] = []
         self.links: list[str] = []
         self.body_attrs: dict = {}
-        self._stack: list[tuple[str, bool, bool, bool]] = []  # (tag, in_article, in_output, in_stderr)
+        # one dict per open element: tag, article, output, stderr (flags inherited from the parents),
+        # cell (the cell number when the element is a cell_output), out (index into self.outputs)
+        self._stack: list[dict] = []
         self.output_text: list[str] = []
         self.stderr_text: list[str] = []
+        self.outputs: list[dict] = []
+        self._cells = 0
 
     VOID = {"img", "br", "hr", "meta", "link", "input", "source", "area", "base", "col", "embed", "wbr"}
 
     def handle_starttag(self, tag, attrs):
         a = dict(attrs)
         cls = a.get("class") or ""
-        in_article, in_output, in_stderr = self._stack[-1][1:] if self._stack else (False, False, False)
-        in_article = in_article or tag == "article" or "bd-article" in cls.split()
-        in_output = in_output or bool(re.search(r"\b(cell_output|output)\b", cls))
-        in_stderr = in_stderr or ("output" in cls.split() and "stderr" in cls.split())
+        words = cls.split()
+        parent = self._stack[-1] if self._stack else {"article": False, "output": False, "stderr": False,
+                                                       "cell": None, "out": None}
+        entry = {
+            "tag": tag,
+            "article": parent["article"] or tag == "article" or "bd-article" in words,
+            "output": parent["output"] or bool(re.search(r"\b(cell_output|output)\b", cls)),
+            "stderr": parent["stderr"] or ("output" in words and "stderr" in words),
+            "cell": None,
+            "out": parent["out"],
+        }
+        if parent["cell"] is not None:  # a direct child of a cell_output: one output of that cell
+            self.outputs.append({"cell": parent["cell"], "text": [], "stderr": "stderr" in words})
+            entry["out"] = len(self.outputs) - 1
+        if "cell_output" in words:
+            self._cells += 1
+            entry["cell"] = self._cells
         if tag == "body":
             self.body_attrs = a
         if tag == "img":
-            self.images.append({"src": a.get("src", ""), "nw": a.get("data-icm-nw"), "in_article": in_article})
+            self.images.append({"src": a.get("src", ""), "nw": a.get("data-icm-nw"), "in_article": entry["article"]})
+            if entry["out"] is not None:  # an image output: its source tells it apart from other outputs
+                self.outputs[entry["out"]]["text"].append(f"<img {a.get('src', '')}>")
         if tag == "a" and a.get("href"):
             self.links.append(a["href"])
         if tag not in self.VOID:
-            self._stack.append((tag, in_article, in_output, in_stderr))
+            self._stack.append(entry)
 
     def handle_endtag(self, tag):
         for i in range(len(self._stack) - 1, -1, -1):
-            if self._stack[i][0] == tag:
+            if self._stack[i]["tag"] == tag:
                 del self._stack[i:]
                 break
 
     def handle_data(self, data):
-        if self._stack and self._stack[-1][2]:
+        if not self._stack:
+            return
+        top = self._stack[-1]
+        if top["output"]:
             self.output_text.append(data)
-        if self._stack and self._stack[-1][3]:
+        if top["stderr"]:
             self.stderr_text.append(data)
+        if top["out"] is not None:
+            self.outputs[top["out"]]["text"].append(data)
 
 
 def parse(text: str) -> PageParser:
@@ -244,28 +284,64 @@ def is_local(src: str) -> bool:
     return bool(src) and not src.startswith(("http://", "https://", "//", "data:"))
 
 
+def _snippet(text: str, n: int = 100) -> str:
+    return " ".join(text.split())[:n]
+
+
+def check_html(source: str) -> list[str]:
+    """The checks that need only a page's HTML (no browser): one message per defect found.
+
+    * error boxes anywhere in the page (``PAGE_ERROR_PATTERNS``), a Python error name in a cell output;
+    * a stderr output block (warnings, progress bars, errors: a page shows none);
+    * a path of the building machine (``/tmp/...``, ``/home/...``, ``/root/...``, ``/work/...``) in an output;
+    * a cell that shows the same output twice;
+    * ``$...$`` left as text in a cell output (math that was not rendered).
+    """
+    errors: list[str] = []
+    for pattern, what in PAGE_ERROR_PATTERNS:
+        if pattern.search(source):
+            errors.append(what)
+    static = parse(source)
+    out_text = "".join(static.output_text)
+    m = OUTPUT_ERROR_RE.search(out_text)
+    if m:
+        errors.append(f"{m.group(1)} in a cell output")
+    m = RAW_MATH_RE.search(out_text)
+    if m:
+        errors.append(f"unrendered math in a cell output: {m.group(0)[:60]!r}")
+    err_text = "".join(static.stderr_text)
+    if STDERR_ERROR_RE.search(err_text):
+        errors.append(f"error on stderr output: {_snippet(err_text)!r}")
+    m = REMOTE_MATHJAX_RE.search(source)
+    if m:
+        errors.append(f"MathJax loaded from the internet ({m.group(0)[:80]}): the page needs a network to show math")
+    n_stderr = sum(1 for o in static.outputs if o["stderr"])
+    if n_stderr or err_text.strip():
+        errors.append(f"{max(n_stderr, 1)} stderr output block(s): {_snippet(err_text) or '(empty)'!r}")
+    paths = sorted(set(MACHINE_PATH_RE.findall(out_text)))
+    if paths:
+        errors.append(f"machine path(s) in a cell output: {', '.join(paths[:3])}")
+    seen: dict[tuple[int, str], int] = {}
+    for o in static.outputs:
+        text = " ".join("".join(o["text"]).split())
+        if not text:
+            continue
+        key = (o["cell"], text)
+        seen[key] = seen.get(key, 0) + 1
+        if seen[key] == 2:
+            errors.append(f"cell output shown twice: {text[:60]!r}")
+    return errors
+
+
 def check_page(rel: str, html_dir: Path, base_url: str, chromium: str, shots: Path) -> Result:
     res = Result(rel)
     path = html_dir / rel
     source = path.read_text(encoding="utf-8", errors="replace")
     is_chapter = re.match(r"^book/ch\d+[^/]*\.html$", rel) is not None
 
-    # 1. error boxes in the HTML as built
-    for pattern, what in PAGE_ERROR_PATTERNS:
-        if pattern.search(source):
-            res.errors.append(what)
+    # 1. what the HTML as built shows (no browser needed)
+    res.errors.extend(check_html(source))
     static = parse(source)
-    out_text = "".join(static.output_text)
-    m = OUTPUT_ERROR_RE.search(out_text)
-    if m:
-        res.errors.append(f"{m.group(1)} in a cell output")
-    m = RAW_MATH_RE.search(out_text)
-    if m:
-        res.errors.append(f"unrendered math in a cell output: {m.group(0)[:60]!r}")
-    err_text = "".join(static.stderr_text)
-    if STDERR_ERROR_RE.search(err_text):
-        snippet = " ".join(err_text.split())[:100]
-        res.errors.append(f"error on stderr output: {snippet!r}")
 
     # 2. images exist on disk
     page_url = urljoin(base_url, rel)
@@ -305,6 +381,8 @@ def check_page(rel: str, html_dir: Path, base_url: str, chromium: str, shots: Pa
             height = int(dom.body_attrs.get("data-icm-height", "4000"))
         except ValueError:
             pass
+        if MATH_NODE_RE.search(source) and "mjx-container" not in proc.stdout:
+            res.errors.append("math not typeset in the browser (MathJax did not load from the build)")
         for img in dom.images:
             res.images += 1
             if img["nw"] not in (None, "0"):

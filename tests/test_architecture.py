@@ -13,7 +13,7 @@ PKG = Path(__file__).resolve().parent.parent / "cdlib"
 
 # Core layers, lowest first (docs/ARCHITECTURE.md).  A module may import modules of its own layer or below.
 LAYERS = [
-    {"registry", "bitstream", "paths", "images", "losses"},
+    {"registry", "bitstream", "paths", "images", "losses", "progress"},
     {"config", "checkpoint"},
     {"data", "eval", "plots"},
     {"codecs"},

@@ -154,7 +154,7 @@ def test_config_colab_links():
     cfg = _config()
     assert cfg["launch_buttons"]["colab_url"] == COLAB
     assert cfg["repository"]["url"].startswith("https://github.com/")
-    assert cfg["sphinx"]["local_extensions"] == {"colab": "book/_ext"}
+    assert cfg["sphinx"]["local_extensions"].get("colab") == "book/_ext"
     assert (BOOK / "_ext" / "colab.py").is_file()
     assert cfg["sphinx"]["config"].get("colab_notebooks_dir", "notebooks") == "notebooks"
 
@@ -279,8 +279,12 @@ def test_chapter_colab_install_cell_first(stem):
     )
     lines = src.splitlines()
     body = "\n".join(lines[guard.body[0].lineno - 1: guard.end_lineno])
-    assert "pip" in body and "install" in body and "git+https://github.com/" in body, (
-        f"{stem}: the Colab cell must pip-install the repository from git+https://github.com/... inside the if"
+    assert '"clone", "-q", "--depth", "1"' in body and "https://github.com/" in body, (
+        f"{stem}: the Colab cell must shallow-clone the repository (git clone --depth 1 https://github.com/...)"
+    )
+    assert "pip" in body and "install" in body and "CDLIB_ZOO" in body and "git+" not in body, (
+        f"{stem}: the Colab cell must pip-install cdlib from the clone (a git+https install lacks the zoo) "
+        "and point CDLIB_ZOO at the clone's zoo/"
     )
     outside = [n for n in tree.body if not isinstance(n, (ast.Import, ast.ImportFrom, ast.If, ast.Expr, ast.Pass))]
     assert not outside, f"{stem}: the Colab cell should only import sys and install on Colab"
@@ -505,3 +509,142 @@ def test_steps_budget_reaches_the_chapter_step_parameters(rc, stem):
     else:
         with pytest.raises(rc.UsageError, match="does not train"):
             rc.build_parameters(rc.parse_args([stem, "--steps", "7"]), declared, stem)
+
+
+# ------------------------------------------------------------------------------------ clean pages
+def _check_site_module():
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import check_site  # type: ignore
+
+        return check_site
+    finally:
+        sys.path.pop(0)
+
+
+def _page(*cells: str) -> str:
+    """A page shaped like myst-nb's HTML: each argument is the inner HTML of one cell_output."""
+    body = "".join(
+        '<div class="cell docutils container"><div class="cell_input docutils container">'
+        '<pre>code()</pre></div>'
+        f'<div class="cell_output docutils container">{c}</div></div>' for c in cells)
+    return f'<html><body><article class="bd-article"><p>Prose with $x$ and /tmp/ is fine.</p>{body}</article></body></html>'
+
+
+def _stream(text: str, kind: str = "stream") -> str:
+    return (f'<div class="output {kind} highlight-myst-ansi notranslate"><div class="highlight"><pre>'
+            f'<span></span>{text}\n</pre></div></div>')
+
+
+def test_check_site_accepts_a_clean_page():
+    cs = _check_site_module()
+    page = _page(_stream("parameters: {'factorized': 2968963}"),
+                 _stream("a"), _stream("a"),  # the same text in two different cells is fine
+                 '<div class="output text_html"><img src="x.png"></div><div class="output text_html"><img src="y.png"></div>')
+    assert cs.check_html(page) == []
+
+
+def test_check_site_reports_stderr_output():
+    cs = _check_site_module()
+    errors = cs.check_html(_page(_stream("  0%|          | 0/5 [00:00<?, ?it/s]", "stderr")))
+    assert any("stderr output" in e for e in errors), errors
+
+
+@pytest.mark.parametrize("path", ["/tmp/ipykernel_42/3.py", "/home/ana/icm/results", "/root/.cache/torch",
+                                  "/work/main/.venv/lib/python3.11/site-packages/tqdm/auto.py"])
+def test_check_site_reports_machine_paths_in_outputs(path):
+    cs = _check_site_module()
+    errors = cs.check_html(_page(_stream(f"Chapter(ch01: results={path})")))
+    assert any("machine path" in e and path.split("/")[1] in e for e in errors), errors
+    # in a stderr block too (reported as stderr and as a path)
+    errors = cs.check_html(_page(_stream(f"{path}:12: FutureWarning: deprecated", "stderr")))
+    assert any("machine path" in e for e in errors) and any("stderr" in e for e in errors), errors
+
+
+def test_check_site_reports_an_output_shown_twice():
+    cs = _check_site_module()
+    once = _stream("test images per class: {'circle': 250}")
+    errors = cs.check_html(_page(once + once))
+    assert any("shown twice" in e for e in errors), errors
+
+
+def test_check_site_reports_unrendered_math():
+    cs = _check_site_module()
+    errors = cs.check_html(_page('<div class="output text_markdown"><p>The bound is $\\log_2 10$ bits.</p></div>'))
+    assert any("unrendered math" in e for e in errors), errors
+
+
+def test_check_site_reports_error_boxes_and_tracebacks():
+    cs = _check_site_module()
+    errors = cs.check_html(_page(_stream("Traceback (most recent call last):\nValueError: boom", "traceback")))
+    assert any("traceback" in e for e in errors) and any("ValueError" in e for e in errors), errors
+
+
+def test_chapter_summary_has_no_machine_path(tmp_path, monkeypatch):
+    from cdlib.book import setup_chapter
+
+    monkeypatch.setenv("CDLIB_RESULTS", str(tmp_path / "res"))
+    ch = setup_chapter("ch01", "laptop", "cpu", 0, data_root=tmp_path, budget_s=180)
+    line = ch.summary()
+    assert "\n" not in line and str(tmp_path) not in line and "/tmp" not in line
+    assert "ch01" in line and "laptop" in line and "seed 0" in line
+
+
+def test_chapters_print_no_object_repr():
+    for stem in CHAPTERS:
+        text = (BOOK / f"{stem}.md").read_text()
+        assert not re.search(r"^print\(ch\)$", text, re.M), f"{stem}: print(ch) shows a repr with paths"
+
+
+def test_progress_bar_is_plain_without_ipywidgets(monkeypatch):
+    import importlib.util
+
+    import tqdm.std
+
+    from cdlib import progress
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ipywidgets" else real(name, *a))
+    progress.progress_bar.cache_clear()
+    try:
+        assert progress.progress_bar() is tqdm.std.tqdm
+    finally:
+        progress.progress_bar.cache_clear()
+
+
+def test_compressai_import_warning_is_silenced_only_for_compressai():
+    import subprocess
+
+    code = ("import warnings; warnings.simplefilter('error', FutureWarning); "
+            "import cdlib.codecs.learned, cdlib.papers.baselines.models, cdlib.papers.bai2022.model; "
+            "import warnings as w; assert not any(f[0] == 'ignore' and f[2] is FutureWarning and f[1] is None "
+            "for f in w.filters), 'a blanket FutureWarning filter was left installed'")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_mathjax_is_served_from_the_build():
+    cfg = _config()
+    assert "mathjax_local" in (cfg["sphinx"].get("local_extensions") or {})
+    sys.path.insert(0, str(BOOK / "_ext"))
+    try:
+        import mathjax_local  # type: ignore
+    finally:
+        sys.path.pop(0)
+    src = mathjax_local.find_local_mathjax()
+    if src is None:
+        pytest.skip("no local MathJax 3 installed (pip install django-static-mathjax)")
+    assert (src / "tex-mml-chtml.js").is_file() and (src / "output" / "chtml" / "fonts").is_dir()
+    page = HTML / "book" / "ch02_measuring_for_machines.html"
+    if page.is_file():
+        text = page.read_text()
+        assert "_static/mathjax/tex-mml-chtml.js" in text and "cdn.jsdelivr" not in text
+        assert (HTML / "_static" / "mathjax" / "tex-mml-chtml.js").is_file()
+
+
+def test_check_site_reports_mathjax_from_the_internet():
+    cs = _check_site_module()
+    cdn = '<script defer="defer" src="https://cdn.jsdelivr.net/npm/mathjax@3/es5/tex-mml-chtml.js"></script>'
+    local = '<script defer="defer" src="../_static/mathjax/tex-mml-chtml.js"></script>'
+    assert any("MathJax loaded from the internet" in e for e in cs.check_html(_page() .replace("<body>", "<body>" + cdn)))
+    assert cs.check_html(_page().replace("<body>", "<body>" + local)) == []

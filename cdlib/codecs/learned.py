@@ -31,7 +31,13 @@ import math
 from typing import Sequence
 
 import torch
-from compressai.entropy_models import EntropyBottleneck, EntropyModel
+import warnings
+
+with warnings.catch_warnings():
+    # compressai calls torch.jit.script when imported, which torch deprecates (a FutureWarning that names a
+    # file of the machine): not the reader's business. Only that message is silenced, only here.
+    warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
+    from compressai.entropy_models import EntropyBottleneck, EntropyModel
 
 from ..bitstream import BitstreamError, Header, pack
 from ..checkpoint import check_finite_state

@@ -106,7 +106,9 @@ class ShapesWorld(torch.utils.data.Dataset):
                     return {k: z[k] for k in ("images", "labels", "instances", "object_classes")}
             except Exception:  # a damaged cache file is regenerated, never trusted
                 pass
-        from tqdm.auto import tqdm
+        from ..progress import progress_bar
+
+        tqdm = progress_bar()
 
         n_chunks = -(-self.n // self._chunk_size())
         parts = [self._chunk(c) for c in tqdm(range(n_chunks), desc=f"ShapesWorld {self.split}",

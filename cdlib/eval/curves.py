@@ -18,11 +18,13 @@ from typing import Callable, Sequence
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from ..bitstream import unpack
 from .metrics import MS_SSIM_MIN_SIDE, _header_bytes, bpp_from_bytes, ms_ssim, psnr
 from .tasks import Task, _as_image_batch, get_task
+from ..progress import progress_bar
+
+tqdm = progress_bar()
 
 
 def _codec_qualities(codec, qualities):

@@ -22,9 +22,15 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from compressai.entropy_models import EntropyBottleneck, GaussianConditional
-from compressai.models import CompressionModel
-from compressai.models.utils import conv, deconv
+import warnings
+
+with warnings.catch_warnings():
+    # compressai calls torch.jit.script when imported, which torch deprecates (a FutureWarning that names a
+    # file of the machine): not the reader's business. Only that message is silenced, only here.
+    warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
+    from compressai.entropy_models import EntropyBottleneck, GaussianConditional
+    from compressai.models import CompressionModel
+    from compressai.models.utils import conv, deconv
 from timm.layers import trunc_normal_
 from timm.models.vision_transformer import Block
 

@@ -8,7 +8,13 @@ adds is the training protocol of :mod:`cdlib.train` (``loss_terms`` and
 """
 from __future__ import annotations
 
-from compressai.models import FactorizedPrior, MeanScaleHyperprior
+import warnings
+
+with warnings.catch_warnings():
+    # compressai calls torch.jit.script when imported, which torch deprecates (a FutureWarning that names a
+    # file of the machine): not the reader's business. Only that message is silenced, only here.
+    warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
+    from compressai.models import FactorizedPrior, MeanScaleHyperprior
 
 from ...losses import RateDistortionMixin
 from ...registry import register_model
