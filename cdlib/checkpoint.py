@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 import random
 import warnings
 from pathlib import Path
@@ -85,20 +84,10 @@ def fingerprint(model: nn.Module) -> str:
 # Files
 # ----------------------------------------------------------------------------------------------------------
 def atomic_save(obj: Any, path: str | Path) -> Path:
-    """``torch.save`` to ``path.tmp``, flush to disk, then ``os.replace`` onto ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    """``torch.save`` into a temporary file next to ``path``, then ``os.replace`` (:func:`cdlib.paths.atomic_write`)."""
+    from .paths import atomic_write
+
+    return atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def read_checkpoint(path: str | Path, map_location="cpu") -> dict:

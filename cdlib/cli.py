@@ -17,10 +17,11 @@ import json
 import math
 import os
 import sys
-import tempfile
 import warnings
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Iterable
+
+from .paths import atomic_write
 
 # decompress: output extension -> (Pillow format, save arguments).  JPEG is lossy (quality 95, no chroma
 # subsampling); WebP is written lossless, so that it holds the decoded pixels exactly, as PNG, BMP, TIFF, PPM.
@@ -175,36 +176,6 @@ def _check_output(path_arg, inputs: Iterable = (), force: bool = False, example:
     return out
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _atomic_write(path, write: Callable) -> None:
-    """``write(binary_file)`` into a temporary file next to ``path``, then ``os.replace`` it onto ``path``;
-    the temporary file is removed whatever fails (an encoder, a full disk, an interrupt)."""
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OSError(f"cannot create the folder {path.parent} of {path}: {exc.strerror or exc}") from None
-    tmp = None
-    try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # what a plain open() would have given (mkstemp makes 0600)
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise OSError(f"cannot write {path}: {exc.strerror or exc}") from None
-    finally:
-        if tmp is not None and os.path.lexists(tmp):
-            os.unlink(tmp)
-
-
 def _image_format(path: Path) -> tuple[str, dict]:
     fmt = IMAGE_OUTPUTS.get(path.suffix.lower())
     if fmt is None:
@@ -322,7 +293,7 @@ def cmd_compress(a) -> int:
     img, note = load_image(a.image, return_note=True)
     codec = _codec_for(a.codec, a.checkpoint)
     data = codec.encode(img, _check_quality(codec, quality))
-    _atomic_write(out, lambda f: f.write(data))
+    atomic_write(out, lambda f: f.write(data))
     h, w = img.shape[:2]
     if note:
         print(f"note: {note}", file=sys.stderr)
@@ -342,7 +313,7 @@ def cmd_decompress(a) -> int:
     _, data, name = _read_stream(a.input)
     codec = _codec_for(name, a.checkpoint)
     img = codec.decode(data)
-    _atomic_write(out, lambda f: Image.fromarray(img).save(f, format=fmt, **save_args))
+    atomic_write(out, lambda f: Image.fromarray(img).save(f, format=fmt, **save_args))
     print(f"{a.output}: {img.shape[1]}x{img.shape[0]} decoded with {name} ({fmt})")
     return 0
 

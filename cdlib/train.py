@@ -562,8 +562,9 @@ def save_training_checkpoint(ckpt: dict, out: Path, step: int) -> None:
         atomic_save(ckpt, out)
     except (OSError, RuntimeError) as exc:
         text = str(exc)
-        if isinstance(exc, OSError) and exc.strerror:
-            why = exc.strerror
+        cause = exc.__cause__ if isinstance(exc.__cause__, OSError) else exc  # atomic_write's one-line OSError
+        if isinstance(cause, OSError) and cause.strerror:
+            why = cause.strerror
         elif isinstance(exc, OSError) or any(w in text for w in ("inline_container", "unexpected pos", "write")):
             try:  # torch's zip writer hides the errno: say what the disk has left
                 free = shutil.disk_usage(out.parent).free

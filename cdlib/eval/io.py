@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import statistics
-import tempfile
 import time
 from pathlib import Path
 from typing import Callable, Mapping
@@ -15,6 +13,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..paths import atomic_write
 from ..paths import results_dir  # noqa: F401  (re-exported)
 
 
@@ -49,18 +48,8 @@ def save_json(obj, path) -> Path:
     DataFrames become lists of records, numpy/torch values become Python values, NaN and +-inf
     become ``null`` (strict JSON).  Returns the path.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(_jsonable(obj), f, sort_keys=True, indent=2, allow_nan=False)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    text = json.dumps(_jsonable(obj), sort_keys=True, indent=2, allow_nan=False) + "\n"
+    return atomic_write(path, lambda f: f.write(text.encode()))
 
 
 def load_json(path):
