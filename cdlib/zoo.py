@@ -383,6 +383,14 @@ def rate_points(model: str, **filters) -> list:
     return sorted((load(i) for i in ids), key=lambda m: m.checkpoint_meta["config"]["lmbda"])
 
 
+def with_rate_points(model: str, codec_kwargs: dict, **filters) -> dict:
+    """``codec_kwargs`` for a learned codec, with the zoo's :func:`rate_points` of ``model`` as ``models=``
+    when the caller gave no weights (``model=``, ``models=``, ``checkpoint=``, ``checkpoints=``)."""
+    if not any(codec_kwargs.get(k) is not None for k in ("model", "models", "checkpoint", "checkpoints")):
+        codec_kwargs = {**codec_kwargs, "models": rate_points(model, **filters)}
+    return codec_kwargs
+
+
 def specs() -> list[dict]:
     """Every registered recipe (the paper packages register theirs when loaded)."""
     from .registry import load_papers

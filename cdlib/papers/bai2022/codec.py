@@ -72,6 +72,5 @@ def bai2022_codec(**kw) -> Bai2022Codec:
     """``get_codec("bai2022", model=m | models=[...] | checkpoint=p | checkpoints=[...])``; with none of them,
     the zoo's step-2 bai2022 checkpoints, ordered by rate."""
     kw.setdefault("label", "Bai et al. 2022 (ViT on latents)")
-    if not any(kw.get(k) is not None for k in ("model", "models", "checkpoint", "checkpoints")):
-        kw["models"] = zoo.rate_points("bai2022", stage="step2")
+    kw = zoo.with_rate_points("bai2022", kw, stage="step2")
     return learned_codec(kw.pop("name", "bai2022"), cls=Bai2022Codec, model_name="bai2022", **kw)
