@@ -5,7 +5,8 @@
 #   make book-fresh                the same, re-executing every chapter (drops the execution cache)
 #   make test                      unit tests + every notebooks/*.ipynb executed with nbval
 #   make test-fast                 unit tests not marked slow (the edit-run loop; run make test before landing)
-#   make grade [CDLIB_SOLUTIONS=solutions/]   grade exercise solutions (tests/test_exercises.py)
+#   make grade [CDLIB_SOLUTIONS=solutions/]   grade exercise solutions (tests/test_exercises.py); a missing
+#                                  answer fails. Stubs: python -m cdlib exercises init solutions/
 #   make sync                      jupytext --sync book/ch*.md <-> notebooks/ch*.ipynb
 #   make reproduce CHAPTER=ch03_bai2022 PROFILE=paper DEVICE=cuda DATA=/path [STEPS=N] [SET="k=v k2=v2"]
 #                                  papermill -> results/<PROFILE>/chNN/<CHAPTER>.ipynb + its JSON; STEPS=N sets its *_steps
@@ -34,7 +35,7 @@ DATA ?=
 STEPS ?=
 SET ?=
 
-# make grade: where the students' solutions are (empty: grade the reference solutions)
+# make grade: where the students' solutions are (empty: grade the reference solutions against independent oracles)
 CDLIB_SOLUTIONS ?=
 
 NBVAL_TIMEOUT ?= 600
@@ -42,7 +43,7 @@ NBVAL_TIMEOUT ?= 600
 .PHONY: help venv book book-fresh test test-fast grade sync reproduce checkpoints bench site-check clean
 
 help:
-	@sed -n '3,16p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '3,17p' Makefile | sed 's/^# \{0,1\}//'
 
 # --------------------------------------------------------------------------- environment
 $(STAMP): pyproject.toml

@@ -58,9 +58,12 @@ def _tensor_bytes(t: torch.Tensor) -> bytes:
 
 def fingerprint_state(name: str, arch: dict, state: dict) -> str:
     """16 hex digits of a model name, its architecture kwargs and a state dict (keys, dtypes, shapes, bytes)."""
+    from .registry import fingerprint_arch
+
     h = hashlib.blake2b(digest_size=8)
     h.update(str(name).encode())
-    h.update(json.dumps(arch, sort_keys=True, default=str).encode())
+    # an arch key added later, at the value its absence meant, is left out: old models keep their fingerprint
+    h.update(json.dumps(fingerprint_arch(str(name), dict(arch or {})), sort_keys=True, default=str).encode())
     for key, t in state.items():
         h.update(f"|{key}|{t.dtype}|{tuple(t.shape)}|".encode())
         h.update(_tensor_bytes(t))
@@ -211,7 +214,12 @@ def check_resumable(ckpt: dict, cfg: TrainConfig, name: str, arch: dict, world: 
         changes = ", ".join(f"{k}: {old.get(k, '<unset>')!r} -> {new.get(k, '<unset>')!r}"
                             + ("" if k in fields else " (no longer a config field)") for k in diff)
         raise ValueError(f"{path} holds a run with a different training config ({changes}); {_RESUME_HINT}")
-    same_arch = json.dumps(ckpt.get("arch"), sort_keys=True, default=str) == json.dumps(arch, sort_keys=True, default=str)
+    stored = ckpt.get("arch") or {}
+    if ckpt.get("model") == name:  # keys the model added since, at the value their absence meant
+        from .registry import upgrade_arch
+
+        stored = upgrade_arch(name, stored)
+    same_arch = json.dumps(stored, sort_keys=True, default=str) == json.dumps(arch, sort_keys=True, default=str)
     if ckpt.get("model") != name or not same_arch:
         raise ValueError(f"{path} holds model {ckpt.get('model')!r} with arch {ckpt.get('arch')}, "
                          f"not {name!r} with arch {arch}; {_RESUME_HINT}")
@@ -289,7 +297,7 @@ def load_model(path: str | Path, map_location="cpu", expect: str | None = None,
     says that ``expected_by``, e.g. ``"codec 'hyperprior'"``, needs ``expect``); both are checked before
     the model is built.
     """
-    from .registry import create_model, get_entry
+    from .registry import create_model, get_entry, upgrade_arch
 
     ckpt = read_checkpoint(path, map_location=map_location)
     if expect is not None and ckpt.get("model") != expect:
@@ -301,7 +309,8 @@ def load_model(path: str | Path, map_location="cpu", expect: str | None = None,
     if not isinstance(ckpt.get("state_dict"), dict):
         raise ValueError(f"{path} is not a cdlib checkpoint (it has no state_dict)")
     check_finite_state(ckpt["state_dict"], f"checkpoint {path}")
-    model = create_model(ckpt["model"], ckpt["profile"], **ckpt["arch"])
+    # an arch stored before the model gained a key is read with the value its absence meant
+    model = create_model(ckpt["model"], ckpt["profile"], **upgrade_arch(ckpt["model"], ckpt["arch"]))
     state = {k: v.float() if v.dtype in (torch.float16, torch.bfloat16) else v for k, v in ckpt["state_dict"].items()}
     load_state_dict(model, state)
     model.to(map_location)

@@ -1,4 +1,4 @@
-"""``python -m cdlib``: train, compress, decompress, analyze, eval, bench, zoo.
+"""``python -m cdlib``: train, compress, decompress, analyze, eval, bench, zoo, exercises.
 
 Errors caused by the user's input are printed as one line on stderr with a
 non-zero exit status (set ``CDLIB_DEBUG=1`` to see the traceback).
@@ -134,8 +134,10 @@ def _check_quality(codec, quality, option: str = "--quality"):
     n = len(codec.qualities)
     if float(quality).is_integer() and 0 <= quality < n:
         return int(quality)
+    names = [(getattr(m, "checkpoint_meta", None) or {}).get("zoo_id") for m in getattr(codec, "models", [])]
+    which = f": {', '.join(f'{i} = {z}' for i, z in enumerate(names))}" if names and all(names) else ""
     raise UserError(f"{option} {quality}: codec {codec.name!r} expects a rate-point index, an integer in "
-                    f"0..{n - 1} (0 = lowest rate)")
+                    f"0..{n - 1} (0 = lowest rate){which}")
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -409,6 +411,21 @@ def cmd_zoo(a) -> int:
     return 0
 
 
+def cmd_exercises(a) -> int:
+    from .exercises import all_exercises, init_solutions
+
+    if a.action == "list":
+        for e in all_exercises():
+            print(f"Exercise {e.number:5s} {e.chapter}  {e.name}")
+        return 0
+    if not a.folder:
+        raise UserError("exercises init needs the folder for the chNN.py stubs, e.g. solutions/")
+    for path in init_solutions(a.folder, a.book, force=a.force):
+        print(f"wrote {path}")
+    print(f"grade them with: make grade CDLIB_SOLUTIONS={a.folder}")
+    return 0
+
+
 def _manifest_entries(zoo, required: tuple[str, ...]) -> list[dict]:
     """The manifest's entries, each checked for the keys this command reads (one line naming the entry and
     what it lacks, not a bare ``KeyError``)."""
@@ -491,6 +508,14 @@ def build_parser() -> argparse.ArgumentParser:
     z.add_argument("action", choices=("list", "verify", "build"))
     z.add_argument("ids", nargs="*")
     z.set_defaults(fn=cmd_zoo)
+
+    x = sub.add_parser("exercises", help="the autograded exercises: list them, or copy the chapters' stubs to "
+                                         "FOLDER/chNN.py (init)")
+    x.add_argument("action", choices=("list", "init"))
+    x.add_argument("folder", nargs="?", help="init: the solutions folder (e.g. solutions/)")
+    x.add_argument("--book", default=None, help="the chapter sources (default: the repository's book/)")
+    x.add_argument("--force", action="store_true", help="init: overwrite existing chNN.py files")
+    x.set_defaults(fn=cmd_exercises)
     return p
 
 

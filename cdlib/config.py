@@ -38,6 +38,9 @@ class TrainConfig:
     model: str = ""
     profile: str = "laptop"
     steps: int = 1000              # optimiser steps (not epochs: the same unit on every dataset)
+    epochs: float = 0.0            # > 0: train this many epochs instead; the loop sets steps (and warmup_steps
+                                   # from warmup_epochs) from the dataset size and the number of processes
+    warmup_epochs: float = 0.0     # with epochs > 0: the warm-up, in epochs
     batch_size: int = 16
     lr: float = 1e-4
     aux_lr: float = 1e-3           # optimiser of the entropy bottleneck quantiles
@@ -59,7 +62,7 @@ class TrainConfig:
     channels_last: bool = True     # used only on CUDA
     grad_clip: float = 1.0         # 0 disables
     label_smoothing: float = 0.0
-    dataset: str = "shapes"        # shapes | photos | imagefolder | flatfolder
+    dataset: str = "shapes"        # a registered dataset: shapes | photos | photomix | imagefolder | ...
     data_path: str = ""            # root of a user-given dataset (imagefolder/flatfolder)
     num_train: int = 4000          # ShapesWorld training images
     num_workers: int = 0
@@ -83,7 +86,7 @@ _CHOICES = {
 }
 _POSITIVE = ("steps", "batch_size", "lr", "image_size", "num_classes", "log_every", "ckpt_every", "num_train")
 _NON_NEGATIVE = ("aux_lr", "weight_decay", "momentum", "warmup_steps", "lmbda", "grad_clip", "label_smoothing",
-                 "num_workers", "seed")
+                 "num_workers", "seed", "epochs", "warmup_epochs")
 
 
 def config_hash(obj: Any) -> str:
@@ -276,8 +279,23 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     return cfg
 
 
+def resolve_epochs(cfg: TrainConfig, steps_per_epoch: int) -> TrainConfig:
+    """``cfg`` with ``steps`` and ``warmup_steps`` set from ``epochs`` and ``warmup_epochs`` (when ``epochs > 0``)
+    at ``steps_per_epoch`` optimiser steps per epoch (dataset size / (batch size x processes)); else ``cfg``.
+    The training loop calls it once the data and the number of processes are known."""
+    if not cfg.epochs > 0:
+        return cfg
+    if steps_per_epoch < 1:
+        raise ValueError(f"steps_per_epoch must be >= 1, got {steps_per_epoch}")
+    return dataclasses.replace(cfg, steps=max(1, round(cfg.epochs * steps_per_epoch)),
+                               warmup_steps=round(cfg.warmup_epochs * steps_per_epoch))
+
+
 def make_config(model: str = "", profile: str = "laptop", **overrides) -> TrainConfig:
     """Generic defaults <- model's profile values <- overrides, validated.
+
+    An override of ``steps`` or ``warmup_steps`` without ``epochs`` sets ``epochs = warmup_epochs = 0``: an
+    explicit step count wins over a profile that counts epochs.
 
     ``model_options`` holds every option the model declares: its default, the profile's value, then
     the overrides' value (strings are parsed to the declared type)."""
@@ -293,6 +311,9 @@ def make_config(model: str = "", profile: str = "laptop", **overrides) -> TrainC
         values.update(core)
         opts.update(extra)
     core, extra = _split_overrides(model, overrides, options, "")
+    if ({"steps", "warmup_steps"} & set(core)) and "epochs" not in core:
+        # an explicit step count wins over a profile that counts epochs
+        values.update(epochs=0.0, warmup_epochs=0.0)
     values.update(core)
     opts.update(extra)
     types = _field_types()

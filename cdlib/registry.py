@@ -57,6 +57,7 @@ class ModelEntry:
     options: dict[str, Option] = field(default_factory=dict)  # name -> declared model option
     check_config: Callable[[Any], None] | None = None  # cross-field checks of a config (raises ValueError)
     size_multiple: int = 1  # training image sides must be a multiple of this (the model's total stride)
+    legacy_arch: dict[str, Any] = field(default_factory=dict)  # arch keys added later -> value when absent
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
@@ -73,7 +74,8 @@ def _as_options(name: str, options: dict | None) -> dict[str, Option]:
 
 def register_model(name: str, *, arch: dict[str, dict], train: dict[str, dict] | None = None,
                    description: str = "", options: dict[str, Option | Any] | None = None,
-                   check_config: Callable[[Any], None] | None = None, size_multiple: int = 1):
+                   check_config: Callable[[Any], None] | None = None, size_multiple: int = 1,
+                   legacy_arch: dict[str, Any] | None = None):
     """Class/function decorator adding a model to the registry.
 
     ``arch`` maps each profile in :data:`PROFILES` to the keyword arguments of the
@@ -84,6 +86,10 @@ def register_model(name: str, *, arch: dict[str, dict], train: dict[str, dict] |
     that the model cannot train with (it runs whenever a config for the model is validated).
     ``size_multiple``: the model's total stride; a config whose ``image_size`` is not a multiple of it
     is refused when it is made (with the nearest valid sizes), not at the first training step.
+    ``legacy_arch``: architecture keys added after checkpoints were stored, each with the value that an
+    arch without the key means (the behaviour before the key existed): :func:`upgrade_arch` fills them in
+    when a stored arch is read, and :func:`fingerprint_arch` leaves a key at that value out of fingerprints,
+    so an old checkpoint loads, matches and fingerprints as before.
     """
     missing = [p for p in PROFILES if p not in arch]
     if missing:
@@ -93,13 +99,17 @@ def register_model(name: str, *, arch: dict[str, dict], train: dict[str, dict] |
         raise ValueError(f"model {name!r}: check_config must be callable, got {type(check_config).__name__}")
     if isinstance(size_multiple, bool) or not isinstance(size_multiple, int) or size_multiple < 1:
         raise ValueError(f"model {name!r}: size_multiple must be an integer >= 1, got {size_multiple!r}")
+    legacy = dict(legacy_arch or {})
+    stray = sorted(k for k in legacy if any(k not in arch[p] for p in PROFILES))
+    if stray:
+        raise ValueError(f"model {name!r}: legacy_arch keys {stray} are not arch keys of every profile")
 
     def deco(factory):
         if name in _REGISTRY:
             raise ValueError(f"model {name!r} is already registered")
         _REGISTRY[name] = ModelEntry(name, factory, arch, train or {},
                                      description or (factory.__doc__ or "").strip().split("\n")[0],
-                                     declared, check_config, size_multiple)
+                                     declared, check_config, size_multiple, legacy)
         return factory
 
     return deco
@@ -156,6 +166,33 @@ def model_arch(name: str, profile: str = "laptop", **overrides) -> dict[str, Any
         raise ValueError(f"unknown option(s) {unknown} for model {name!r}; valid options: {sorted(arch)}")
     arch.update(overrides)
     return arch
+
+
+def upgrade_arch(name: str, arch: dict) -> dict[str, Any]:
+    """A stored arch (checkpoint, zoo manifest) in today's layout: every key the model added since
+    (``legacy_arch`` of its registration) is filled with the value its absence meant."""
+    entry = _REGISTRY.get(name)
+    if entry is None:
+        try:
+            entry = get_entry(name)
+        except KeyError:  # not a registered model: nothing to fill in
+            return dict(arch)
+    return {**copy.deepcopy(entry.legacy_arch), **dict(arch)}
+
+
+def fingerprint_arch(name: str, arch: dict) -> dict[str, Any]:
+    """``arch`` without the keys added since checkpoints were stored that hold their legacy value (what the
+    weight fingerprint hashes, so that adding an arch key changes no old model's fingerprint).  A model that is
+    not registered: ``arch`` as it is."""
+    entry = _REGISTRY.get(name)
+    legacy = entry.legacy_arch if entry is not None else {}
+    return {k: v for k, v in arch.items() if not (k in legacy and _same(v, legacy[k]))}
+
+
+def _same(a, b) -> bool:
+    import json
+
+    return json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)
 
 
 def create_model(name: str, profile: str = "laptop", **overrides):

@@ -4,10 +4,11 @@ Read :func:`train` from top to bottom; it is the whole story:
 
 1. set up (DDP when launched by ``torchrun``, device, seeds);
 2. freeze the parts of the model that ``cfg.stage`` keeps fixed;
-3. build the named optimisers and schedulers;
-4. resume from ``out`` when it holds a checkpoint of the same config (or start from
+3. build the training data (a config that counts ``epochs`` gets its step counts here);
+4. build the named optimisers and schedulers;
+5. resume from ``out`` when it holds a checkpoint of the same config (or start from
    ``cfg.init_from`` weights);
-5. loop over optimiser steps: one train step per batch, log, checkpoint.
+6. loop over optimiser steps: one train step per batch, log, checkpoint.
 
 A model changes what the loop does through optional hooks, never through branches of the loop.
 Each has a default that is the loop's own behaviour:
@@ -69,7 +70,7 @@ from .checkpoint import (CKPT_FORMAT, ENTROPY_BUFFERS, FP16_KEEP_NAMES, FP16_MIN
                          RESUME_IGNORED, _fingerprint_state, atomic_save, check_resumable, export_checkpoint,
                          fingerprint, is_entropy_state, load_init_weights, load_model, load_state_dict,
                          read_checkpoint, restore_training_state, training_checkpoint)
-from .config import TrainConfig, check_image_size, resolve_device, validate
+from .config import TrainConfig, check_image_size, resolve_device, resolve_epochs, validate
 
 # A run also checkpoints after this many steps (or after ``ckpt_every``, if sooner), so that a run killed
 # before its first periodic checkpoint (every 200 steps by default) still resumes.
@@ -592,7 +593,10 @@ def _check_training_size(model: nn.Module, cfg: TrainConfig, name: str) -> None:
 def train(model: nn.Module, cfg: TrainConfig, out: str | Path | None = None, dataset=None, resume: bool = True,
           progress: bool = True, callback: Callable[[int, dict], Any] | None = None, *,
           find_unused_parameters: bool | None = None) -> dict:
-    """Train ``model`` for ``cfg.steps`` optimiser steps; checkpoint to ``out``.
+    """Train ``model`` for ``cfg.steps`` optimiser steps (or ``cfg.epochs`` epochs: then the steps, and the
+    warm-up from ``cfg.warmup_epochs``, follow from the dataset size, ``cfg.batch_size`` and the number of
+    processes, :func:`cdlib.config.resolve_epochs`; the model's hooks see that resolved config); checkpoint
+    to ``out``.
 
     ``dataset``: items ``{"image": (3,H,W) in [0,1], "label": int64}``; default
     ``cdlib.data.build_dataset(cfg, "train")`` (then ``cfg.image_size`` must be a multiple of the model's
@@ -654,17 +658,24 @@ def train(model: nn.Module, cfg: TrainConfig, out: str | Path | None = None, dat
         frozen = FrozenParts(model, parts)
         model.train()
 
-        # 3. Optimisers, schedules, the step ---------------------------------------------------------------
+        # 3. Data; a config that counts epochs gets its steps at this dataset size and number of processes ---
+        dataset, transform = _training_data(model, cfg, dataset, name)
+        global_batch = cfg.batch_size * world
+        steps_per_epoch = len(epoch_batches(len(dataset), global_batch, cfg.seed, 0))
+        # ``stored``: the config as given (checkpoints, resume checks); ``cfg``: with epochs resolved to steps
+        stored, cfg = cfg, resolve_epochs(cfg, steps_per_epoch)
+
+        # 4. Optimisers, schedules, the step ---------------------------------------------------------------
         optimizers, schedulers = _build_optimizers(model, cfg, name)
         scaler = torch.amp.GradScaler(device.type, enabled=use_amp and amp_dtype == torch.float16)
         custom_step = getattr(model, "train_step", None)
         weights = loss_weights(model, cfg, required=not callable(custom_step))
 
-        # 4. Resume, or initialise from another checkpoint -------------------------------------------------
+        # 5. Resume, or initialise from another checkpoint -------------------------------------------------
         state, init_report = {"step": 0, "history": [], "log_acc": {}, "metrics": {}, "cpu_seconds": 0.0}, None
         if out is not None and out.exists() and resume:
             ckpt = read_checkpoint(out)  # on CPU: RNG states must stay CPU tensors
-            check_resumable(ckpt, cfg, name, arch, world, out)
+            check_resumable(ckpt, stored, name, arch, world, out)
             state = restore_training_state(ckpt, model, optimizers, schedulers, scaler, out)
             del ckpt
         elif cfg.init_from:
@@ -676,16 +687,11 @@ def train(model: nn.Module, cfg: TrainConfig, out: str | Path | None = None, dat
         step_fn = (lambda b: custom_step(b, ctx)) if callable(custom_step) else ctx.default_step
         lr_source = optimizers.get("main") or next(iter(optimizers.values()))
 
-        # 5. Data --------------------------------------------------------------------------------------------
-        dataset, transform = _training_data(model, cfg, dataset, name)
-        global_batch = cfg.batch_size * world
-        steps_per_epoch = len(epoch_batches(len(dataset), global_batch, cfg.seed, 0))
-
         def save(at_step: int) -> None:
             if out is not None and is_main:
                 save_training_checkpoint(training_checkpoint(
-                    model, cfg, at_step, optimizers, schedulers, scaler, history=log.history, metrics=log.metrics,
-                    log_acc=log.acc, world_size=world,
+                    model, stored, at_step, optimizers, schedulers, scaler, history=log.history, metrics=log.metrics,
+                    log_acc=log.acc, world_size=world, total_steps=cfg.steps,
                     cpu_seconds=state["cpu_seconds"] + time.process_time() - t_cpu), out, at_step)
 
         first_save = min(cfg.ckpt_every, FIRST_CHECKPOINT_STEP)  # an early run that is killed resumes too

@@ -276,12 +276,14 @@ def add_entry(ckpt_path: str | Path, entry_id: str, metrics: dict, cpu_minutes: 
     return entry
 
 
-def _set_metrics(entry_id: str, metrics: dict) -> None:
+def _set_metrics(entry_id: str, metrics: dict, evals: list | None = None) -> None:
     with _ManifestLock():
         manifest = load_manifest()
         for e in manifest["entries"]:
             if e["id"] == entry_id:
                 e["metrics"] = {k: float(v) for k, v in metrics.items()}
+                if evals:
+                    e["evals"] = evals
         _write_manifest(manifest)
 
 
@@ -319,7 +321,7 @@ def load_or_train(model_name: str, profile: str = "laptop", entry_id: str | None
     config is still preferred.  An interrupted training run resumes from the cache next time.
     """
     from .config import config_hash, make_config
-    from .registry import create_model
+    from .registry import create_model, upgrade_arch
     from .checkpoint import RESUME_IGNORED, load_model, read_checkpoint
     from .train import seed_everything, train
 
@@ -334,8 +336,9 @@ def load_or_train(model_name: str, profile: str = "laptop", entry_id: str | None
         candidates = [entry]
     else:
         want = (_matchable(cfg.to_dict()), _json(full_arch))
+        # a stored arch lacks the keys the model gained since: read it with the values their absence meant
         candidates = [e for e in entries(model=model_name, profile=profile)
-                      if (_matchable(e["config"]), _json(e["arch"])) == want]
+                      if (_matchable(e["config"]), _json(upgrade_arch(model_name, e["arch"]))) == want]
     if candidates:
         e = candidates[0]
         model = load(e["id"])
@@ -344,11 +347,14 @@ def load_or_train(model_name: str, profile: str = "laptop", entry_id: str | None
                        "fingerprint": model.fingerprint}
 
     # 2. the cache, 3. train (resuming a cached, unfinished run)
-    if budget_steps is not None and budget_steps < cfg.steps:
+    if budget_steps is not None and (cfg.epochs > 0 or budget_steps < cfg.steps):
         if budget_steps < 1:
             raise ValueError(f"budget_steps must be >= 1, got {budget_steps}")
-        warmup = cfg.warmup_steps * budget_steps // cfg.steps
-        cfg = dataclasses.replace(cfg, steps=budget_steps, warmup_steps=warmup,
+        if cfg.epochs > 0:  # an epoch count becomes the budget, with the same share of warm-up
+            warmup = round(cfg.warmup_epochs / cfg.epochs * budget_steps)
+        else:
+            warmup = cfg.warmup_steps * budget_steps // cfg.steps
+        cfg = dataclasses.replace(cfg, steps=budget_steps, warmup_steps=warmup, epochs=0.0, warmup_epochs=0.0,
                                   ckpt_every=min(cfg.ckpt_every, budget_steps))
     key = config_hash({"model": model_name, "profile": profile, "arch": _json(full_arch),
                        "config": {k: v for k, v in cfg.to_dict().items() if k not in RESUME_IGNORED}})
@@ -356,7 +362,8 @@ def load_or_train(model_name: str, profile: str = "laptop", entry_id: str | None
     source = "trained"
     if path.is_file():
         try:
-            if read_checkpoint(path)["step"] >= cfg.steps:
+            done = read_checkpoint(path)
+            if done["step"] >= done.get("total_steps", cfg.steps):  # total_steps: epochs resolved by the run
                 source = "cache"
         except ValueError:  # unreadable cache file: train again
             path.unlink()
@@ -372,22 +379,48 @@ def load_or_train(model_name: str, profile: str = "laptop", entry_id: str | None
 # ----------------------------------------------------------------------------------------------------------
 # Building the zoo (`make checkpoints`)
 # ----------------------------------------------------------------------------------------------------------
-def rate_points(model: str, **filters) -> list:
+def rate_points(model: str, ids=None, **filters) -> list:
     """The zoo's checkpoints of ``model`` (entries matching ``filters``, e.g. ``stage="step2"``), loaded and
-    ordered from low to high rate (by ``lmbda``): what a learned codec uses when it is given no weights."""
-    ids = [e["id"] for e in entries(model=model, **filters)]
-    if not ids:
+    ordered from low to high rate (by ``lmbda``): what a learned codec uses when it is given no weights.
+
+    ``ids``: only these entries (a paper's main rate points, not its ablations, which share the filters);
+    those the zoo does not hold are left out, and none at all is an error."""
+    found = entries(model=model, **filters)
+    if ids is not None:
+        wanted = [ids] if isinstance(ids, str) else list(ids)
+        found = [e for e in found if e["id"] in wanted]
+    if not found:
         what = ", ".join(f"{k}={v!r}" for k, v in filters.items())
+        which = f" among {', '.join(wanted)}" if ids is not None else ""
         raise ValueError(f"codec {model!r} needs model=, checkpoint= or a zoo entry for {model!r}"
-                         f"{' with ' + what if what else ''} (run `make checkpoints`)")
-    return sorted((load(i) for i in ids), key=lambda m: m.checkpoint_meta["config"]["lmbda"])
+                         f"{' with ' + what if what else ''}{which} (run `make checkpoints`)")
+    return sorted((load(e["id"]) for e in found), key=lambda m: m.checkpoint_meta["config"]["lmbda"])
 
 
-def with_rate_points(model: str, codec_kwargs: dict, **filters) -> dict:
+def with_rate_points(model: str, codec_kwargs: dict, ids=None, **filters) -> dict:
     """``codec_kwargs`` for a learned codec, with the zoo's :func:`rate_points` of ``model`` as ``models=``
-    when the caller gave no weights (``model=``, ``models=``, ``checkpoint=``, ``checkpoints=``)."""
-    if not any(codec_kwargs.get(k) is not None for k in ("model", "models", "checkpoint", "checkpoints")):
-        codec_kwargs = {**codec_kwargs, "models": rate_points(model, **filters)}
+    when the caller gave no weights (``model=``, ``models=``, ``checkpoint=``, ``checkpoints=``).
+
+    ``entries=[id, ...]`` (or one id) in ``codec_kwargs`` names the zoo entries to use instead (an ablation's
+    rate points: ``get_codec(name, entries=["<id>_q1_last", ...])``), loaded and ordered by rate;
+    without it, ``ids`` and ``filters`` select the default rate points."""
+    codec_kwargs = dict(codec_kwargs)
+    named = codec_kwargs.pop("entries", None)
+    given = [k for k in ("model", "models", "checkpoint", "checkpoints") if codec_kwargs.get(k) is not None]
+    if named is not None:
+        if given:
+            raise ValueError(f"codec {model!r}: give entries= or {given[0]}=, not both")
+        named = [named] if isinstance(named, str) else list(named)
+        if not named:
+            raise ValueError(f"codec {model!r}: entries= names no zoo entry")
+        for i in named:
+            if get_entry(i)["model"] != model:
+                raise ValueError(f"zoo entry {i!r} is a {get_entry(i)['model']!r} model; codec {model!r} needs "
+                                 f"{model!r} entries")
+        codec_kwargs["models"] = sorted((load(i) for i in named),
+                                        key=lambda m: m.checkpoint_meta["config"]["lmbda"])
+    elif not given:
+        codec_kwargs["models"] = rate_points(model, ids=ids, **filters)
     return codec_kwargs
 
 
@@ -400,19 +433,20 @@ def specs() -> list[dict]:
 
 
 def register_spec(entry_id: str, model: str, profile: str, overrides: dict | None = None,
-                  eval_fn_name: str | None = None, other_profiles: dict | None = None) -> dict:
+                  eval_fn_name: str | None = None, other_profiles: dict | None = None, eval_every: int = 0) -> dict:
     """Add a zoo recipe.  ``overrides``: training-config values (an ``"arch"`` key holds architecture
     overrides); ``eval_fn_name``: key of :data:`METRIC_FNS` computing the entry's metrics
     (``None``: the final training loss terms).  ``other_profiles``: the overrides that carry over when
     the same recipe runs on another profile (default: ``overrides`` without ``"steps"``, so the profile's
-    own step count applies)."""
+    own step count applies).  ``eval_every``: also measure the metrics every that many steps during
+    training (recorded as the entry's ``evals``: quality against training steps)."""
     if not _ID.match(entry_id):
         raise ValueError(f"bad zoo entry id {entry_id!r}: use letters, digits, '_', '-', '.'")
     overrides = dict(overrides or {})
     if other_profiles is None:
         other_profiles = {k: v for k, v in overrides.items() if k != "steps"}
     spec = {"id": entry_id, "model": model, "profile": profile, "overrides": overrides,
-            "other_profiles": dict(other_profiles), "eval_fn": eval_fn_name}
+            "other_profiles": dict(other_profiles), "eval_fn": eval_fn_name, "eval_every": int(eval_every)}
     for i, s in enumerate(ZOO_SPECS):
         if s["id"] == entry_id:
             ZOO_SPECS[i] = spec
@@ -453,8 +487,49 @@ def _train_spec(spec: dict, workdir: str, progress: bool, threads: int | None = 
     seed_everything(cfg.seed)
     model = create_model(spec["model"], spec["profile"], **arch)
     ckpt = Path(workdir) / f"{spec['id']}.pt"
-    result = train(model, cfg, out=ckpt, progress=progress)
+    result = train(model, cfg, out=ckpt, progress=progress, callback=_eval_callback(spec, model, cfg, ckpt))
     return str(ckpt), result["cpu_seconds"] / 60.0
+
+
+def evals_path(ckpt: str | Path) -> Path:
+    """Where a training run's intermediate measurements (``eval_every``) are kept, next to its checkpoint."""
+    return Path(ckpt).with_suffix(".evals.json")
+
+
+def _eval_callback(spec: dict, model, cfg, ckpt: Path):
+    """A ``train`` callback measuring the spec's metrics every ``eval_every`` steps into ``evals_path``.
+
+    Kept across a resumed run (only the measurements of steps the checkpoint has reached); a measurement
+    never changes training: every step reseeds its randomness, and the model is put back in train mode.
+    """
+    every, fn = spec.get("eval_every", 0), METRIC_FNS.get(spec["eval_fn"] or "")
+    if not every or fn is None:
+        return None
+    import torch
+
+    from .paths import atomic_write
+
+    path = evals_path(ckpt)
+    evals: list = []
+    if ckpt.is_file() and path.is_file():
+        try:
+            evals = json.loads(path.read_text())
+        except ValueError:  # damaged: measure again
+            evals = []
+
+    def callback(step: int, record: dict) -> None:
+        if step % every or any(e["step"] == step for e in evals):
+            return
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            metrics = fn(model, cfg)
+        model.train(was_training)
+        evals.append({"step": step, **{k: float(v) for k, v in metrics.items()}})
+        data = json.dumps(evals, indent=1).encode()
+        atomic_write(path, lambda f: f.write(data))
+
+    return callback
 
 
 def build_zoo(ids: list[str] | None = None, jobs: int = 1, workdir: str | Path | None = None,
@@ -498,8 +573,11 @@ def build_zoo(ids: list[str] | None = None, jobs: int = 1, workdir: str | Path |
             from .checkpoint import read_checkpoint
 
             metrics = read_checkpoint(ckpt)["metrics"]
-        _set_metrics(spec["id"], metrics)
+        evals = json.loads(evals_path(ckpt).read_text()) if evals_path(ckpt).is_file() else None
+        _set_metrics(spec["id"], metrics, evals)
         entry["metrics"] = {k: float(v) for k, v in metrics.items()}
+        if evals:
+            entry["evals"] = evals
         if progress:
             print(f"zoo: {spec['id']} ({entry['bytes']} bytes, {cpu_minutes:.1f} CPU min, "
                   f"eval {time.perf_counter() - t0:.0f}s) {json.dumps(entry['metrics'])}")

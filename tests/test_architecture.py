@@ -15,7 +15,7 @@ PKG = Path(__file__).resolve().parent.parent / "cdlib"
 LAYERS = [
     {"registry", "bitstream", "paths", "images", "losses", "progress"},
     {"config", "checkpoint"},
-    {"data", "eval", "plots"},
+    {"data", "eval", "plots", "diagrams"},
     {"codecs"},
     {"train"},
     {"zoo"},

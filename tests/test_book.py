@@ -30,6 +30,7 @@ CHAPTER_HEADINGS = (
     "Results",
     "Ablations",
     "Fidelity notes",
+    "Summary",
     "Exercises",
 )
 # Parameters every chapter's `parameters` cell defines (scripts/run_chapter.py passes them).

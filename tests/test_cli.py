@@ -238,3 +238,28 @@ def test_analyze_bai2022_stream(tmp_path, monkeypatch, capsys):
     probs = [p["probability"] for p in res["top5"]]
     assert len(probs) == 5 and sum(probs) <= 1.0 + 1e-9 and res["top5"][0]["class"] == res["class"]
     assert json.loads((tmp_path / "shape.json").read_text()) == res
+
+
+def test_bai2022_default_codec_has_main_rate_points_only(tmp_path, image, capsys):
+    """Without weights the bai2022 codec is the zoo's main rate points (q1..q4), never an ablation that shares
+    their stage: --quality 6 (once the patchify ablation) is refused, naming the valid rate points."""
+    from cdlib import zoo
+    from cdlib.codecs import get_codec
+    from cdlib.papers.bai2022.recipes import RATE_POINTS
+
+    held = [i for i in RATE_POINTS if any(e["id"] == i for e in zoo.entries(model="bai2022"))]
+    if not held:
+        pytest.skip("no bai2022 rate points in this zoo")
+    codec = get_codec("bai2022")
+    assert [m.checkpoint_meta["zoo_id"] for m in codec.models] == held
+    path, _ = image
+    stream = tmp_path / "q6.icm"
+    assert main(["compress", str(path), "--codec", "bai2022", "--quality", "6", "-o", str(stream)]) == 2
+    err = capsys.readouterr().err
+    assert f"0..{len(held) - 1}" in err and all(i in err for i in held) and "patchify" not in err
+    assert not stream.exists()
+    # an ablation is loaded by name
+    last = get_codec("bai2022", entries=["bai2022_q2_last", "bai2022_q1_last"])
+    assert [m.checkpoint_meta["zoo_id"] for m in last.models] == ["bai2022_q1_last", "bai2022_q2_last"]
+    with pytest.raises(ValueError, match="hyperprior"):
+        get_codec("bai2022", entries=["hyperprior_q1"])

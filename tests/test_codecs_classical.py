@@ -198,3 +198,46 @@ def test_pad_edge():
     assert (ph, pw) == (2, 0) and out.shape == (4, 3, 3)
     np.testing.assert_array_equal(out[3], img[1])
     assert pad_edge(img, 1, 1)[0].shape == img.shape
+
+
+def _colour_scene(h=64, w=64):
+    """Saturated discs on a grey ground: chroma that changes at every edge."""
+    yy, xx = np.mgrid[:h, :w]
+    img = np.full((h, w, 3), 90, np.uint8)
+    img[(yy - 20) ** 2 + (xx - 20) ** 2 < 150] = (230, 20, 30)
+    img[(yy - 44) ** 2 + (xx - 40) ** 2 < 200] = (20, 40, 240)
+    return img
+
+
+def test_nal_unit_sizes_split_the_elementary_streams(codecs):
+    from cdlib.codecs.classical import nal_unit_sizes
+
+    img = _photo(64, 64)
+    for name, needed in (("hevc", {"VPS", "SPS", "PPS", "slice"}), ("vvc", {"SPS", "PPS", "slice"})):
+        payload = unpack(codecs[name].encode(img, 37))[1][0]
+        units = nal_unit_sizes(payload, name)
+        assert sum(n for _, n in units) == len(payload)
+        assert needed <= {k for k, _ in units} and units[-1][0] == "slice"
+        assert all(n >= 5 for _, n in units)  # start code + 2-byte NAL header at least
+    with pytest.raises(ValueError, match="codec must be"):
+        nal_unit_sizes(payload, "jpeg")
+    with pytest.raises(BitstreamError, match="Annex-B"):
+        nal_unit_sizes(b"\xff\xd8\xff", "hevc")
+
+
+def test_hevc_420_and_the_colour_ceiling(codecs):
+    img = _colour_scene()
+    h420 = get_codec("hevc", chroma="420")
+    assert h420.label == "HEVC (x265, 4:2:0)" and codecs["hevc"].chroma == "444"
+    rec = h420.decode(h420.encode(img, 22))
+    assert rec.shape == img.shape
+    # the 4:2:0 conversion alone loses what 4:4:4 keeps; neither codec beats its own ceiling by much
+    c444 = _psnr(img, codecs["hevc"].colour_roundtrip(img))
+    c420 = _psnr(img, h420.colour_roundtrip(img))
+    odd = _colour_scene(33, 65)
+    cvvc = _psnr(odd, codecs["vvc"].colour_roundtrip(odd))
+    assert c444 > c420 + 5 and c444 > 40 and cvvc < c444
+    assert _psnr(img, rec) <= c420 + 0.5
+    assert h420.colour_roundtrip(img[:7, :9]).shape == (7, 9, 3)  # odd sizes are padded, then cropped
+    with pytest.raises(ValueError, match="chroma"):
+        get_codec("hevc", chroma="422")

@@ -135,6 +135,56 @@ def test_natural_photos_split_and_crops():
         NaturalPhotos("val")
 
 
+def test_colour_training_photos_exclude_the_held_out_ones():
+    from cdlib.data import COLOUR_PHOTOS_TRAIN
+    from cdlib.data.photos import sample_photo
+
+    test_h = {content_hash(im) for im in NaturalPhotos.test_images()}
+    colour = [sample_photo(n) for n in COLOUR_PHOTOS_TRAIN]
+    assert len(colour) >= 8 and not test_h & {content_hash(im) for im in colour}
+    # colour photos: the channels differ (the grey scans of PHOTOS_TRAIN do not)
+    assert all(np.abs(im[..., 0].astype(int) - im[..., 2]).mean() > 3 for im in colour)
+    with pytest.raises(ValueError, match="held-out"):
+        NaturalPhotos("train", photos=("chelsea", "astronaut"))
+    with pytest.raises(ValueError, match="unknown photo source"):
+        sample_photo("flickr:cat")
+
+
+def test_dead_leaves_seeded_covering_and_scale_invariant():
+    from cdlib.data.deadleaves import R_MAX, R_MIN, _power_law_radii, dead_leaves
+
+    tex = [np.full((20, 20, 3), 200, np.uint8)]
+    a = dead_leaves(np.random.default_rng(3), 96, tex, blur_prob=0.0)
+    assert a.dtype == np.uint8 and a.shape == (96, 96, 3)
+    assert np.array_equal(a, dead_leaves(np.random.default_rng(3), 96, tex, blur_prob=0.0))
+    assert not np.array_equal(a, dead_leaves(np.random.default_rng(4), 96, tex, blur_prob=0.0))
+    # r^-3 radii: P(r > 2 rmin) = (1/4 - rmax^-2 rmin^2 ...) ~ 1/4 of the leaves are twice the smallest
+    r = _power_law_radii(np.random.default_rng(0), 200_000, R_MIN, R_MAX)
+    assert r.min() >= R_MIN and r.max() <= R_MAX
+    assert abs((r > 2 * R_MIN).mean() - 0.25) < 0.01
+    # no hole left unpainted (the canvas starts black): almost no pure-black pixels
+    assert (a.max(axis=2) < 5).mean() < 0.01
+
+
+def test_photo_mix_sources_determinism_and_weights():
+    from cdlib.data import PhotoMix, ShapesWorld
+
+    mix = PhotoMix(crop=128, seed=2, n_crops=64)
+    assert len(mix) == 64 and mix[5]["image"].shape == (3, 128, 128)
+    assert torch.equal(mix[5]["image"], PhotoMix(crop=128, seed=2, n_crops=64)[5]["image"])
+    sources = [mix.source(i) for i in range(64)]
+    assert set(sources) == set(PhotoMix.SOURCES)
+    # a ShapesWorld item is a mosaic of whole training scenes
+    i = sources.index("shapes")
+    tile = mix.crop_array(i)[:64, :64]
+    scenes = ShapesWorld("train", n=4000, image_size=64, seed=2).images
+    assert any(np.array_equal(tile, sc) for sc in scenes)
+    only = PhotoMix(crop=64, n_crops=32, weights=(1, 0, 0))
+    assert {only.source(i) for i in range(32)} == {"photos"}
+    with pytest.raises(ValueError, match="non-negative"):
+        PhotoMix(weights=(1, -1, 0))
+
+
 # ------------------------------------------------------------------------------------------------ user data
 def _write(path, size=(40, 30), mode="RGB", color=(200, 10, 10)):
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -263,8 +313,9 @@ def _cfg(**kw):
 
 
 def test_registry_lists_builtin_datasets_and_rejects_unknown():
-    assert list_datasets()[:4] == ("shapes", "photos", "imagefolder", "flatfolder")
-    with pytest.raises(ValueError, match=re.escape("unknown dataset 'nope'; expected shapes | photos | imagefolder")):
+    assert list_datasets()[:2] == ("shapes", "photos")
+    assert {"photomix", "colourphotos", "imagefolder", "flatfolder"} <= set(list_datasets())
+    with pytest.raises(ValueError, match=re.escape("unknown dataset 'nope'; expected shapes | photos | photomix")):
         build_dataset(_cfg(dataset="nope"), "train")
     with pytest.raises(ValueError, match="split"):  # the split is checked before the name
         build_dataset(_cfg(dataset="nope"), "holdout")

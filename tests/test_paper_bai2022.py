@@ -442,3 +442,175 @@ def test_config_checks_augment():
     with pytest.raises(ValueError, match="batch_size must be even"):
         make_config("bai2022", "laptop", augment="deit", batch_size=31)
     assert make_config("bai2022", "laptop", augment="deit").model_options["augment"] == "deit"
+
+
+# -- fidelity to the official code (issue #10) ----------------------------------------------------------------
+# The official JCCTransformer's parameter names (full_model/model.py of the authors' repository), written out
+# from its module tree: what the mapping of cdlib.papers.bai2022.official must produce, no more, no less.
+def _official_parameter_names(depth=12, agg=4):
+    conv = lambda prefix, idx: [f"{prefix}.{i}.{w}" for i in idx for w in ("weight", "bias")]  # noqa: E731
+    lin = lambda prefix: [f"{prefix}.weight", f"{prefix}.bias"]  # noqa: E731
+    names = conv("patch_embed.proj", (0, 2, 4, 6)) + lin("chans_embed") + ["cls_token", "pos_embed"]
+    for i in range(depth):
+        for part in ("norm1", "attn.qkv", "attn.proj", "norm2", "mlp.fc1", "mlp.fc2"):
+            names += lin(f"blocks.{i}.{part}")
+    names += lin("norm") + lin("head") + conv("head_rec.proj", (0, 2, 4, 6))
+    names += [n for k in range(agg) for n in lin(f"fusion{k}")] + lin("fusion")
+    names += conv("h_a", (0, 2, 4)) + conv("h_s", (0, 2, 4))
+    names += ["entropy_bottleneck.quantiles"] + [f"entropy_bottleneck._{p}{i}" for p in ("matrix", "bias")
+                                                 for i in range(5)] + [f"entropy_bottleneck._factor{i}" for i in range(4)]
+    return set(names)
+
+
+def test_official_state_dict_layout_maps_one_to_one_and_logits_match():
+    """A state dict in the official parameter layout (built from this model by the inverse mapping, nothing
+    perturbed) loads back through the mapping into a fresh model with the same logits and reconstruction; the
+    mapping is one-to-one and covers every parameter and buffer both ways."""
+    from cdlib.checkpoint import load_state_dict
+    from cdlib.papers.bai2022.official import from_official, official_name, our_name, to_official
+
+    torch.manual_seed(0)
+    ours = create_model("bai2022", "paper").eval()
+    assert ours.arch["agg_input0"] == "tokens"  # the official aggregation input 0
+    state = ours.state_dict()
+    official = to_official(state)
+    assert len(official) == len(state)  # one-to-one
+    params = {official_name(n) for n, _ in ours.named_parameters()}
+    assert params == _official_parameter_names(), (sorted(params ^ _official_parameter_names()))[:10]
+    assert all(our_name(official_name(k)) == k for k in state)  # the mapping inverts, key by key
+    shapes = {"chans_embed.weight": (384, 192), "pos_embed": (1, 197, 384), "fusion0.weight": (96, 384),
+              "fusion.weight": (384, 384), "patch_embed.proj.6.weight": (192, 128, 5, 5),
+              "head_rec.proj.0.weight": (384, 128, 5, 5), "h_s.4.weight": (384, 288, 3, 3)}
+    assert {k: tuple(official[k].shape) for k in shapes} == shapes
+    back = from_official(official)
+    assert set(back) == set(state)
+
+    torch.manual_seed(1)
+    fresh = create_model("bai2022", "paper").eval()
+    assert not torch.equal(fresh.head.weight, ours.head.weight)
+    load_state_dict(fresh, back, strict=True)
+    x = torch.rand(1, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        a, b = ours(x), fresh(x)
+    torch.testing.assert_close(b["logits"], a["logits"], atol=1e-5, rtol=0)
+    torch.testing.assert_close(b["x_hat"], a["x_hat"], atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="four aggregation inputs"):
+        official_name("agg_in.4.weight")
+
+
+def test_aggregation_input0_switch_and_old_checkpoints(tmp_path):
+    """agg_input0: "tokens" (official) feeds the projected tokens before the position embedding into the
+    aggregation; "tokens+pos" (laptop zoo) the block input.  A checkpoint without the key loads as "tokens+pos",
+    with its old fingerprint."""
+    from cdlib.checkpoint import atomic_save, fingerprint, load_model
+
+    official = _laptop(agg_input0="tokens").eval()
+    legacy = _laptop(agg_input0="tokens+pos").eval()
+    legacy.load_state_dict(official.state_dict())
+    x = _batch(1)["image"]
+    with torch.no_grad():
+        y = official.g_a(x)
+        tokens, hw = official._embed(y)
+        feats = official._run_blocks(official._with_cls_pos(tokens, hw), 3)
+        want = official.agg_out(torch.cat([official.agg_in[0](tokens), *[official.agg_in[k](feats[k][:, 1:])
+                                                                         for k in (1, 2, 3)]], dim=-1))
+        got = official._decoder_input(feats, hw, tokens)
+        torch.testing.assert_close(got.flatten(2).transpose(1, 2), want)
+        # without the tokens given, they are recovered from the block input
+        torch.testing.assert_close(official._decoder_input(feats, hw), got, atol=1e-6, rtol=0)
+        assert not torch.allclose(legacy._decoder_input(feats, hw), got)
+        assert torch.equal(official(x)["logits"], legacy(x)["logits"])  # the classifier does not read it
+    assert create_model("bai2022", "laptop").arch["agg_input0"] == "tokens+pos"
+    assert create_model("bai2022", "paper").arch["agg_input0"] == "tokens"
+    with pytest.raises(ValueError, match="agg_input0"):
+        _laptop(agg_input0="pos")
+    # an old checkpoint: its arch has no agg_input0
+    old = _laptop(agg_input0="tokens+pos").eval()
+    arch = {k: v for k, v in old.arch.items() if k != "agg_input0"}
+    ckpt = {"format": "cdlib-ckpt-1", "model": "bai2022", "profile": "paper", "arch": {**create_model(
+        "bai2022", "paper").arch, **arch, "agg_input0": None}, "config": make_config("bai2022", "laptop").to_dict(),
+        "step": 1, "state_dict": old.state_dict()}
+    del ckpt["arch"]["agg_input0"]
+    atomic_save(ckpt, tmp_path / "old.pt")
+    loaded = load_model(tmp_path / "old.pt")
+    assert loaded.agg_input0 == "tokens+pos"  # not the paper profile's "tokens"
+    old.arch = arch  # the fingerprint of the model as it was built before the key existed
+    fp_old = fingerprint(old)
+    old.arch = {**arch, "agg_input0": "tokens+pos"}
+    assert fingerprint(old) == fp_old
+
+
+def test_paper_profile_counts_epochs_and_world_size():
+    from cdlib.config import resolve_epochs
+
+    cfg = make_config("bai2022", "paper", data_path="/data/imagenet")
+    assert (cfg.epochs, cfg.warmup_epochs) == (300, 5)
+    per_epoch = {w: len(range(0, 1281167 - 128 * w + 1, 128 * w)) for w in (1, 8)}  # ImageNet train, drop last
+    one, eight = resolve_epochs(cfg, per_epoch[1]), resolve_epochs(cfg, per_epoch[8])
+    assert (eight.steps, eight.warmup_steps) == (300 * 1251, 5 * 1251)
+    assert (one.steps, one.warmup_steps) == (300 * 10009, 5 * 10009)  # one GPU: 8x the steps, same epochs
+    assert make_config("bai2022", "paper", data_path="/x", steps=10).epochs == 0  # explicit steps win
+    assert make_config("bai2022", "laptop").epochs == 0
+
+
+def test_official_optimisers_and_schedule(monkeypatch):
+    """optim="official" (paper profile): step 1 AdamW over timm's weight-decay groups at lr x total batch / 512;
+    step 2 Adam at lr, unscaled; warm-up from 1e-6 and a per-epoch cosine to 1e-5, with timm's one-epoch lag."""
+    from cdlib.config import resolve_epochs
+    from cdlib.papers.bai2022 import model as bai_model
+    from cdlib.papers.bai2022.model import MIN_LR, PAPER_STEP1_OVERRIDES, WARMUP_LR, official_lr
+
+    m = _laptop()
+    monkeypatch.setattr(bai_model, "_world_size", lambda: 8)
+    step1 = resolve_epochs(make_config("bai2022", "paper", data_path="/x", **PAPER_STEP1_OVERRIDES), 1251)
+    spec = m.configure_optimizers(step1)
+    opt = spec["optimizers"]["main"]
+    assert isinstance(opt, torch.optim.AdamW)
+    assert [g["initial_lr"] for g in opt.param_groups] == [pytest.approx(5e-4 * 128 * 8 / 512)] * 2
+    names = {id(p): n for n, p in m.named_parameters()}
+    no_decay = {names[id(p)] for g in opt.param_groups if g["weight_decay"] == 0 for p in g["params"]}
+    decay = {names[id(p)] for g in opt.param_groups if g["weight_decay"] == 0.05 for p in g["params"]}
+    assert {"pos_embed", "cls_token", "blocks.0.norm1.weight", "head.bias"} <= no_decay
+    assert {"head.weight", "blocks.0.attn.qkv.weight", "g_a.0.weight"} <= decay
+    assert not any(n.endswith("quantiles") for n in no_decay | decay)
+    assert [p for g in spec["optimizers"]["aux"].param_groups for p in g["params"]] == \
+        [m.entropy_bottleneck.quantiles]
+
+    step2 = resolve_epochs(make_config("bai2022", "paper", data_path="/x"), 1251)
+    spec = m.configure_optimizers(step2)
+    opt, sched = spec["optimizers"]["main"], spec["schedulers"]["main"]
+    assert type(opt) is torch.optim.Adam and len(opt.param_groups) == 1
+    assert opt.param_groups[0]["initial_lr"] == 1e-4 and opt.param_groups[0]["weight_decay"] == 0
+    lr = lambda epoch: official_lr(epoch * 1251, step2, 1e-4, 1251)  # noqa: E731
+    assert lr(0) == lr(1) == WARMUP_LR  # timm steps the schedule after each epoch: one epoch late
+    assert lr(3) == pytest.approx(WARMUP_LR + 2 * (1e-4 - WARMUP_LR) / 5)
+    assert lr(6) == pytest.approx(MIN_LR + 0.5 * (1e-4 - MIN_LR) * (1 + math.cos(math.pi * 5 / 300)))
+    assert lr(300) == pytest.approx(MIN_LR + 0.5 * (1e-4 - MIN_LR) * (1 + math.cos(math.pi * 299 / 300)))
+    assert lr(301) == MIN_LR and lr(1250 * 1251 + 7) == MIN_LR
+    assert opt.param_groups[0]["lr"] == pytest.approx(WARMUP_LR)
+    # the laptop keeps the loop's optimisers
+    laptop = m.configure_optimizers(make_config("bai2022", "laptop"))
+    assert type(laptop["optimizers"]["main"]) is torch.optim.Adam
+    assert make_config("bai2022", "laptop").model_options["optim"] == "loop"
+
+
+def test_step2_augmentation_per_profile():
+    assert make_config("bai2022", "paper", data_path="/x").model_options["augment"] == ""  # crops, flips
+    assert make_config("bai2022", "laptop").model_options["augment"] == "timm"  # the laptop zoo's recipe
+
+
+def test_decode_free_timing_both_ways(model):
+    """Both pipelines timed per stream and batched; the batched decode gives the per-stream decode's images."""
+    from cdlib.eval import decode_free_timing
+
+    codec = Bai2022Codec([model], name="bai2022")
+    imgs = [(np.random.default_rng(i).random((64, 64, 3)) * 255).astype(np.uint8) for i in range(5)]
+    streams = codec.encode_batch(imgs, 0)
+    one = codec.decode_batch(streams)
+    batched = codec.decode_batch(streams, batch_size=2)
+    assert all(np.abs(a.astype(int) - b.astype(int)).max() <= 1 for a, b in zip(one, batched))
+    clf = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.LazyLinear(10))
+    t = decode_free_timing(codec, clf, streams, batch_size=2, repeat=1, per_stream_limit=2)
+    assert list(t.index) == ["per stream", "batched"] and t.attrs["per_stream_streams"] == 2
+    assert (t[["decode-free (s)", "decode (s)", "pixel model (s)"]] > 0).all().all()
+    assert np.allclose(t["decode-then-analyse (s)"], t["decode (s)"] + t["pixel model (s)"])

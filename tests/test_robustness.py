@@ -140,7 +140,7 @@ def _fuzz_worker() -> None:
     codecs = _fuzz_codecs()
     genuine = {"hyperprior": [(64, 64, 0), (37, 53, 3), (128, 96, 1)],
                "factorized": [(64, 64, 0), (37, 53, 0)],
-               "bai2022": [(64, 64, 0), (37, 53, 1), (96, 128, 10)]}
+               "bai2022": [(64, 64, 0), (37, 53, 1), (96, 128, 3)]}
     for name, codec in codecs.items():
         default = get_codec(name, models=codec.models)  # the default max_pixels
         for h, w, q in genuine[name]:

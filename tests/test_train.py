@@ -704,3 +704,22 @@ def test_ddp_two_processes_gloo(tmp_path):
     assert int(m0["state_dict"]["queue_ptr"]) == (10 * 8) % 16
     assert_same_training_state(tmp_path / "moco_full.pt", tmp_path / "moco_cut.pt")
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_epochs_become_steps_at_this_dataset_size_and_world_size(tmp_path):
+    """cfg.epochs > 0: the loop trains epochs * (dataset // (batch x processes)) steps, with warmup_epochs of
+    warm-up, and the checkpoint keeps the config as given (epochs) plus the steps it resolved."""
+    data = ToyData()
+    per_epoch = len(data) // BASE["batch_size"]
+    _, res = run(tmp_path, "ep.pt", epochs=2.0, warmup_epochs=0.5)
+    cfg = cfg_of(epochs=2.0, warmup_epochs=0.5)
+    assert cfg.epochs == 2.0  # an explicit epochs= keeps the epoch count, whatever steps= says
+    assert res["step"] == 2 * per_epoch
+    ckpt = read_checkpoint(tmp_path / "ep.pt")
+    assert ckpt["config"]["epochs"] == 2.0 and ckpt["config"]["steps"] == BASE["steps"]
+    assert ckpt["total_steps"] == 2 * per_epoch
+    # warm-up of half an epoch (3 steps): the first record is step 2's lr, 2/3 of the way up
+    assert res["history"][0]["lr"] == pytest.approx(BASE["lr"] * 2 / round(0.5 * per_epoch))
+    _, again = run(tmp_path, "ep.pt", epochs=2.0, warmup_epochs=0.5)  # finished: resumes at its end
+    assert again["resumed_from"] == 2 * per_epoch
+    assert make_config(TOY, "laptop", steps=5).epochs == 0

@@ -43,6 +43,7 @@ class ToyData(torch.utils.data.Dataset):
 @pytest.fixture
 def dirs(tmp_path, monkeypatch):
     """Empty zoo and cache directories, and a stand-in for cdlib.data.build_dataset (counts its calls)."""
+    zoo.specs()  # the paper packages load (and import cdlib.data) before it is replaced below
     monkeypatch.setenv("CDLIB_ZOO", str(tmp_path / "zoo"))
     monkeypatch.setenv("CDLIB_CACHE", str(tmp_path / "cache"))
     calls = []
@@ -142,6 +143,32 @@ def test_build_zoo_from_specs(dirs, monkeypatch):
     assert set(by_id["toy-c"]["metrics"]) >= {"loss", "mse", "bpp"} and by_id["toy-c"]["arch"] == {"N": 2}
     assert "--arch N=2" in by_id["toy-c"]["created_by"]
     assert all(zoo.verify(e) for e in by_id.values())
+
+
+def test_build_zoo_records_quality_against_steps_and_keeps_it_across_a_resume(dirs, monkeypatch):
+    zoo.specs()
+    monkeypatch.setattr(zoo, "ZOO_SPECS", [])
+    seen = []
+
+    def toy_eval(model, cfg):
+        seen.append(model.training)
+        return {"w": float(sum(p.detach().abs().sum() for p in model.parameters()))}
+
+    monkeypatch.setitem(zoo.METRIC_FNS, "toy_eval", toy_eval)
+    zoo.register_spec("toy-e", TOY, "laptop", {"steps": 6, "ckpt_every": 2}, "toy_eval", eval_every=2)
+    build = dirs.root / "build"
+    added = zoo.build_zoo(workdir=build, progress=False)
+    evals = added[0]["evals"]
+    assert [e["step"] for e in evals] == [2, 4, 6] and len({e["w"] for e in evals}) == 3
+    assert zoo.get_entry("toy-e")["evals"] == evals and seen[:3] == [False] * 3
+    # measuring does not change training: the same weights as a run without measurements
+    plain = trained_ckpt(dirs.root / "plain.pt", steps=6, ckpt_every=2)
+    got, want = read_checkpoint(build / "toy-e.pt")["state_dict"], read_checkpoint(plain)["state_dict"]
+    assert got.keys() == want.keys() and all(torch.equal(v, want[k]) for k, v in got.items())
+    # a resumed build keeps the measurements already made and does not repeat them
+    seen.clear()
+    zoo.build_zoo(workdir=build, progress=False)
+    assert zoo.get_entry("toy-e")["evals"] == evals and len(seen) == 1  # only the final metrics
 
 
 def test_recipe_on_another_profile_keeps_its_identity_not_its_laptop_settings(monkeypatch):

@@ -22,7 +22,8 @@ HEVC and VVC are *stand-ins* for BPG and VTM, run through the static FFmpeg bina
 * ``hevc``: RGB → full-range BT.601 Y'CbCr 4:4:4 8-bit (as BPG's default colour space, but 4:4:4),
   x265 ``--preset slow`` with exact constant QP (``ipratio=1`` so the I slice uses QP itself),
   psycho-visual RD off (``psy-rd=0:psy-rdoq=0``, as BPG's x265 set-up), one IDR picture with
-  its VPS/SPS/PPS, no encoder-info SEI (``info=0``).
+  its VPS/SPS/PPS, no encoder-info SEI (``info=0``).  ``get_codec("hevc", chroma="420")`` codes 4:2:0
+  8-bit with the vvc codec's chroma filters instead (to compare the two encoders at one chroma format).
 * ``vvc``: RGB → full-range BT.601 Y'CbCr 4:2:0 10-bit (VVenC only takes 4:2:0), VVenC
   ``medium`` in an all-intra configuration (``IntraPeriod=1, GOPSize=1``), constant QP
   (``-qpa 0``, ``IntraQPOffset=0``), no temporal filter, single-threaded, no access unit delimiter.
@@ -39,6 +40,10 @@ each stream holds exactly one independently decodable picture with its parameter
 run the chunks in parallel.  Batch streams have exactly the length of single-image streams and
 decode to the same pixels (a few header bits, e.g. VVC's picture order count, differ).
 Anything unexpected in a chunk falls back to one process per image.
+
+Analysis: :func:`nal_unit_sizes` splits an HEVC/VVC payload into its NAL units (parameter sets, picture
+header, SEI, slices) with their sizes; ``colour_roundtrip`` of an FFmpeg codec runs only its colour
+conversion (RGB -> Y'CbCr format -> RGB), whose PSNR is a ceiling for that codec.
 
 Integrity: every stream carries a CRC-32 (:mod:`cdlib.bitstream`).  Past that check, garbage
 payloads raise :class:`BitstreamError`; note that FFmpeg's HEVC decoder conceals a truncated or
@@ -60,7 +65,7 @@ from PIL import Image
 from ..bitstream import BitstreamError, Header, pack, same_model, unpack
 from .base import Codec, as_rgb_uint8, register_codec
 
-__all__ = ["JPEGCodec", "WebPCodec", "JPEG2000Codec", "AVIFCodec", "HEVCCodec", "VVCCodec",
+__all__ = ["JPEGCodec", "WebPCodec", "JPEG2000Codec", "AVIFCodec", "HEVCCodec", "VVCCodec", "nal_unit_sizes",
            "pad_edge", "ffmpeg_exe"]
 
 
@@ -273,6 +278,24 @@ class _FFmpegCodec(Codec):
         return [ffmpeg_exe(), "-hide_banner", "-nostats", "-loglevel", "error", "-threads", "1",
                 "-f", self.fmt, "-i", "pipe:0", "-vf", vf]
 
+    def colour_roundtrip(self, image) -> np.ndarray:
+        """``image`` (uint8 ``(H, W, 3)``) through this codec's colour conversion and back, without coding:
+        RGB -> its Y'CbCr format (chroma subsampling and bit depth included) -> RGB, with the same FFmpeg
+        filters as ``encode``/``decode``.  Its PSNR is the ceiling of the codec's PSNR on that image."""
+        img = as_rgb_uint8(image)
+        h, w = img.shape[:2]
+        padded, _, _ = pad_edge(img, _round_up(h, self.multiple), _round_up(w, self.multiple))
+        H, W = padded.shape[:2]
+        vf = (f"scale=out_color_matrix=bt601:out_range=full:flags={self.sws_flags},format={self.pix_fmt},"
+              f"scale=in_color_matrix=bt601:in_range=full:flags={self.sws_flags},format=rgb24")
+        cmd = [ffmpeg_exe(), "-hide_banner", "-nostats", "-loglevel", "error", "-f", "rawvideo", "-pix_fmt",
+               "rgb24", "-s", f"{W}x{H}", "-i", "pipe:0", "-threads", "1", "-vf", vf, "-f", "rawvideo",
+               "-pix_fmt", "rgb24", "pipe:1"]
+        r = subprocess.run(cmd, input=padded.tobytes(), capture_output=True, timeout=self._time_limit(H * W))
+        if r.returncode != 0 or len(r.stdout) != H * W * 3:
+            raise RuntimeError(f"{self.name}: colour round trip failed (exit {r.returncode}): {_tail(r.stderr)}")
+        return np.frombuffer(r.stdout, dtype=np.uint8).reshape(H, W, 3)[:h, :w].copy()
+
     def _time_limit(self, pixels: int) -> float:
         return self.timeout + 2e-5 * pixels
 
@@ -469,6 +492,40 @@ def _nal_units(payload: bytes) -> list[bytes] | None:
     return [p for p in parts[1:] if p]
 
 
+# NAL unit types that carry no coded slice data (H.265 Table 7-1; H.266 Table 5); every other type of
+# these ranges is a coded slice ("slice").
+_NON_VCL = {
+    "hevc": {32: "VPS", 33: "SPS", 34: "PPS", 35: "AUD", 36: "EOS", 37: "EOB", 38: "FD", 39: "SEI", 40: "SEI"},
+    "vvc": {12: "OPI", 13: "DCI", 14: "VPS", 15: "SPS", 16: "PPS", 17: "APS", 18: "APS", 19: "PH", 20: "AUD",
+            21: "EOS", 22: "EOB", 23: "SEI", 24: "SEI", 25: "FD"},
+}
+
+
+def nal_unit_sizes(payload: bytes, codec: str) -> list[tuple[str, int]]:
+    """``(kind, bytes)`` of every NAL unit of an Annex-B ``"hevc"`` or ``"vvc"`` payload, in stream order, each
+    with its start code (3 or 4 bytes): ``kind`` is the type name of a non-VCL unit (``VPS``, ``SPS``,
+    ``PPS``; for VVC also ``APS`` (loop-filter parameters), ``PH`` (picture header); ``SEI``, ``AUD``, ...) or
+    ``"slice"`` for a coded slice (its slice header included).  The sizes add up to ``len(payload)``."""
+    if codec not in _NON_VCL:
+        raise ValueError(f"codec must be one of {sorted(_NON_VCL)}, got {codec!r}")
+    starts, i = [], payload.find(b"\x00\x00\x01")
+    while i >= 0:
+        starts.append(i)
+        i = payload.find(b"\x00\x00\x01", i + 3)
+    if not starts or payload[: starts[0]].strip(b"\x00"):
+        raise BitstreamError(f"{codec}: the payload is not an Annex-B stream (no leading start code)")
+    # a zero byte before a start code belongs to that (4-byte) start code
+    bounds = [0] + [s - 1 if s > 0 and payload[s - 1] == 0 else s for s in starts[1:]] + [len(payload)]
+    out = []
+    for k, s in enumerate(starts):
+        head = payload[s + 3: s + 5]
+        if len(head) < 2:
+            raise BitstreamError(f"{codec}: truncated NAL unit header at byte {s}")
+        kind = (head[0] >> 1) & 0x3F if codec == "hevc" else (head[1] >> 3) & 0x1F
+        out.append((_NON_VCL[codec].get(kind, "slice"), bounds[k + 1] - bounds[k]))
+    return out
+
+
 @register_codec("hevc")
 class HEVCCodec(_FFmpegCodec):
     """HEVC intra (x265) with exact QP, 4:4:4 8-bit: the stand-in for BPG.  ``quality`` = QP."""
@@ -482,6 +539,17 @@ class HEVCCodec(_FFmpegCodec):
     multiple = 1
     qp_range = (0, 51)
     preset = "slow"
+
+    def __init__(self, chroma: str = "444", **kw):
+        """``chroma="420"``: code 4:2:0 8-bit instead, with the VVC codec's chroma filters, for comparing the
+        two encoders at the same chroma format (label "HEVC (x265, 4:2:0)")."""
+        super().__init__(**kw)
+        if chroma not in ("444", "420"):
+            raise ValueError(f"hevc: chroma must be '444' or '420', got {chroma!r}")
+        self.chroma = chroma
+        if chroma == "420":
+            self.pix_fmt, self.multiple, self.label = "yuv420p", 2, "HEVC (x265, 4:2:0)"
+            self.sws_flags = VVCCodec.sws_flags
 
     def _encoder_args(self, qp):
         params = (f"qp={qp}:ipratio=1:aq-mode=0:psy-rd=0:psy-rdoq=0:keyint=1:repeat-headers=1:"

@@ -6,8 +6,10 @@ downloads anything.  One module per concern:
 * :mod:`~cdlib.data.shapes` - :class:`ShapesWorld`, procedural scenes of 1..N coloured,
   textured, rotated shapes (10 classes) over natural-photo backgrounds, with a class label
   (largest visible object), boxes, instance masks and a semantic mask; cached on disk.
-* :mod:`~cdlib.data.photos` - :class:`NaturalPhotos`, the colour photos shipped with
-  scikit-image, split by whole image into train (random crops) and test (full images).
+* :mod:`~cdlib.data.photos` - :class:`NaturalPhotos`, the photos shipped with the
+  dependencies, split by whole image into train (random crops) and test (full images), and
+  :class:`PhotoMix`, the codecs' training mix (colour photos, dead leaves, ShapesWorld mosaics).
+* :mod:`~cdlib.data.deadleaves` - :func:`dead_leaves`, procedural images with natural statistics.
 * :mod:`~cdlib.data.folders` - :class:`ImageFolderDataset` (ImageNet / Imagenette layout)
   and :class:`FlatFolderDataset` (Kodak, CLIC).
 * :mod:`~cdlib.data.detection` - :func:`coco_detection`, :func:`voc_detection`.
@@ -34,7 +36,7 @@ from ..paths import cache_dir
 from .base import SPLITS, build_dataset, content_hash, list_datasets, register_dataset, unregister_dataset
 # Importing the dataset modules registers their datasets (in this order: shapes, photos, imagefolder, flatfolder).
 from .shapes import SHAPES_EVAL_N, ShapesWorld
-from .photos import PHOTOS_TEST, PHOTOS_TRAIN, NaturalPhotos
+from .photos import COLOUR_PHOTOS_TRAIN, PHOTOS_TEST, PHOTOS_TRAIN, NaturalPhotos, PhotoMix
 from .folders import FlatFolderDataset, ImageFolderDataset
 from .detection import COCO_LAYOUT, VOC_CLASSES, VOC_LAYOUT, coco_detection, voc_detection
 
@@ -42,7 +44,7 @@ __all__ = [
     # registry
     "register_dataset", "unregister_dataset", "list_datasets", "build_dataset", "SPLITS",
     # datasets
-    "ShapesWorld", "SHAPES_EVAL_N", "NaturalPhotos", "PHOTOS_TEST", "PHOTOS_TRAIN", "ImageFolderDataset",
+    "ShapesWorld", "SHAPES_EVAL_N", "NaturalPhotos", "PhotoMix", "PHOTOS_TEST", "PHOTOS_TRAIN", "COLOUR_PHOTOS_TRAIN", "ImageFolderDataset",
     "FlatFolderDataset", "coco_detection", "voc_detection", "VOC_CLASSES", "COCO_LAYOUT", "VOC_LAYOUT",
     # re-exported from cdlib.images / cdlib.paths (their home now), for code that imported them from here
     "IMAGE_EXTENSIONS", "load_image", "fit_max_side", "to_item_image", "cache_dir",

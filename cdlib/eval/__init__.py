@@ -10,6 +10,10 @@
   (``task_curve`` of ``DecodeThenAnalyse(codec, model)`` or ``DecodeFree(codec)``), ``raw_rgb_point``;
 * :mod:`~cdlib.eval.bd` - ``clean_curve``, ``bd_rate``, ``bd_quality``, ``bd_table``,
   ``min_rate_for_accuracy``, ``saving_vs_raw`` and the information bounds ``info_bound_bits`` / ``info_bound_bpp``;
+* :mod:`~cdlib.eval.timing` - ``decode_free_timing``: decode-free analysis against decode-then-analyse, timed
+  the same way for both (per stream, and batched);
+* :mod:`~cdlib.eval.entropy` - what CompressAI's rANS coder does with its CDF tables and where real bytes
+  part from the estimate (``from cdlib.eval import entropy``; its names are not re-exported here);
 * :mod:`~cdlib.eval.io` - ``save_json``, ``load_json``, ``dumps_json``, ``time_call`` (and ``results_dir``, from
   :mod:`cdlib.paths`).
 
@@ -33,6 +37,7 @@ from .curves import (TAIL_LIKELIHOOD, DecodeFree, DecodeThenAnalyse, raw_rgb_poi
                      task_curve)
 from .io import dumps_json, load_json, results_dir, save_json, time_call
 from .metrics import MS_SSIM_MIN_SIDE, accuracy, bpp_from_bytes, mean_ap, ms_ssim, psnr
+from .timing import decode_free_timing
 from .tasks import (Attributes, Classification, Detection, InstanceSegmentation, Parsing, Task, get_task,
                     list_tasks, register_task)
 
@@ -49,5 +54,5 @@ __all__ = [
     "MIN_BD_POINTS", "MONOTONE_MODES", "bd_quality", "bd_rate", "bd_table", "clean_curve", "info_bound_bits",
     "info_bound_bpp", "min_rate_for_accuracy", "saving_vs_raw",
     # files and timing
-    "dumps_json", "load_json", "results_dir", "save_json", "time_call",
+    "decode_free_timing", "dumps_json", "load_json", "results_dir", "save_json", "time_call",
 ]

@@ -15,6 +15,18 @@ import pandas as pd
 
 MIN_BD_POINTS = 4
 MONOTONE_MODES = ("envelope", "isotonic", "raise")
+# A bd_table note is at most this long: pandas shows a longer string cut to "..." (display.max_colwidth
+# is 50 by default), and a table in the book must show the whole reason (scripts/check_site.py checks it).
+NOTE_MAX = 50
+
+
+class BDError(ValueError):
+    """A BD number that cannot be computed.  ``str(exc)`` is the full explanation; ``note`` a short
+    reason (at most :data:`NOTE_MAX` characters) for the ``note`` column of :func:`bd_table`."""
+
+    def __init__(self, message: str, note: str):
+        super().__init__(message)
+        self.note = note
 
 
 def clean_curve(rate, quality, monotone: str = "envelope", index=None) -> dict:
@@ -34,13 +46,13 @@ def clean_curve(rate, quality, monotone: str = "envelope", index=None) -> dict:
     removed) and ``"merged"`` (lists of index labels merged, isotonic only).
     """
     if monotone not in MONOTONE_MODES:
-        raise ValueError(f"monotone must be one of {MONOTONE_MODES}, got {monotone!r}")
+        raise BDError(f"monotone must be one of {MONOTONE_MODES}, got {monotone!r}", f"unknown monotone={monotone!r}")
     rate, quality = np.asarray(rate, dtype=float), np.asarray(quality, dtype=float)
     index = list(range(len(rate))) if index is None else list(index)
     finite = np.isfinite(rate) & np.isfinite(quality)
     dropped = [index[i] for i in np.flatnonzero(~finite)]
     if np.any(rate[finite] <= 0):
-        raise ValueError("BD metrics need positive rates (they work on log10(rate))")
+        raise BDError("BD metrics need positive rates (they work on log10(rate))", "rates must be > 0")
     keep = np.flatnonzero(finite)
     keep = keep[np.lexsort((-quality[keep], rate[keep]))]  # by rate, best quality first on ties
     r, q, ix = rate[keep], quality[keep], [index[i] for i in keep]
@@ -49,9 +61,9 @@ def clean_curve(rate, quality, monotone: str = "envelope", index=None) -> dict:
     if monotone == "raise":
         bad = [ix[i] for i in range(1, len(r)) if not (r[i] > r[i - 1] and q[i] > q[i - 1])]
         if bad:
-            raise ValueError(
+            raise BDError(
                 f"curve is not strictly increasing in rate and quality at points {bad}; "
-                "use monotone='envelope' or 'isotonic' to clean it")
+                "use monotone='envelope' or 'isotonic' to clean it", "not monotone (monotone='raise')")
     elif monotone == "envelope":
         sel, best = [], -np.inf
         for i in range(len(r)):
@@ -78,6 +90,11 @@ def clean_curve(rate, quality, monotone: str = "envelope", index=None) -> dict:
     return {"rate": r, "quality": q, "dropped": dropped, "merged": merged}
 
 
+def _fit(note: str, shorter: str) -> str:
+    """``note`` if it fits in :data:`NOTE_MAX` characters, else ``shorter`` (never a cut string)."""
+    return note if len(note) <= NOTE_MAX else shorter
+
+
 def _overlap(a: np.ndarray, b: np.ndarray) -> float:
     """Length of the intersection of two ranges over the length of the narrower one (0..1)."""
     inter = min(a.max(), b.max()) - max(a.min(), b.min())
@@ -92,14 +109,21 @@ def _bd(kind: str, anchor_df, test_df, metric, rate, method, monotone, min_point
     for name, df in (("anchor", anchor_df), ("test", test_df)):
         missing = {rate, metric} - set(df.columns)
         if missing:
-            raise ValueError(f"{name} curve lacks column(s) {sorted(missing)}; it has {list(df.columns)}")
-    ca = clean_curve(anchor_df[rate], anchor_df[metric], monotone, anchor_df.index)
-    ct = clean_curve(test_df[rate], test_df[metric], monotone, test_df.index)
+            raise BDError(f"{name} curve lacks column(s) {sorted(missing)}; it has {list(df.columns)}",
+                          _fit(f"{name} curve has no {', '.join(sorted(missing))}", f"{name} curve: column missing"))
+    cleaned = {}
+    for name, df in (("anchor", anchor_df), ("test", test_df)):
+        try:
+            cleaned[name] = clean_curve(df[rate], df[metric], monotone, df.index)
+        except BDError as exc:
+            raise BDError(f"{name} curve: {exc}", _fit(f"{name} curve: {exc.note}", exc.note)) from exc
+    ca, ct = cleaned["anchor"], cleaned["test"]
     for name, c in (("anchor", ca), ("test", ct)):
         if len(c["rate"]) < min_points:
-            raise ValueError(
+            raise BDError(
                 f"BD-{kind}: the {name} curve has {len(c['rate'])} usable points after cleaning "
-                f"(monotone={monotone!r}, dropped {c['dropped']}); at least {min_points} are needed")
+                f"(monotone={monotone!r}, dropped {c['dropped']}); at least {min_points} are needed",
+                f"{name} curve: {len(c['rate'])} points after cleaning, need {min_points}")
     if kind == "rate":  # integrate log-rate over the quality axis
         overlap = _overlap(ca["quality"], ct["quality"])
         axis = metric
@@ -156,14 +180,18 @@ def bd_quality(anchor_df, test_df, metric: str = "accuracy", method: str = "akim
 def bd_table(curves: Mapping[str, pd.DataFrame], anchor: str, metric: str = "psnr", method: str = "akima",
              *, rate: str = "bpp", monotone: str = "envelope") -> pd.DataFrame:
     """One row per curve against ``curves[anchor]``: ``name, bd_rate`` (%), ``bd_quality`` (metric
-    units), ``overlap_quality``, ``overlap_rate``, ``points``, ``dropped`` and ``note`` (the error
-    message when a BD number could not be computed, then NaN)."""
+    units), ``overlap_quality``, ``overlap_rate``, ``points``, ``dropped``, ``note`` and ``detail``.
+
+    Every row with a NaN BD number has a ``note`` saying why (too few points after cleaning, curves
+    that do not overlap, a missing column...); notes are at most :data:`NOTE_MAX` characters, so that
+    pandas shows them whole, and ``detail`` has the full message."""
     if anchor not in curves:
         raise ValueError(f"anchor {anchor!r} is not one of the curves {list(curves)}")
     rows = []
     for name, df in curves.items():
         row = {"name": name, "anchor": anchor, "metric": metric, "bd_rate": math.nan, "bd_quality": math.nan,
-               "overlap_quality": math.nan, "overlap_rate": math.nan, "points": 0, "dropped": [], "note": ""}
+               "overlap_quality": math.nan, "overlap_rate": math.nan, "points": 0, "dropped": [], "note": "",
+               "detail": ""}
         try:
             row["bd_rate"], i1 = bd_rate(curves[anchor], df, metric, method, rate=rate, monotone=monotone,
                                          return_info=True)
@@ -171,8 +199,24 @@ def bd_table(curves: Mapping[str, pd.DataFrame], anchor: str, metric: str = "psn
                                                return_info=True)
             row.update(overlap_quality=i1["overlap"], overlap_rate=i2["overlap"], points=i1["test_points"],
                        dropped=list(i1["test_dropped"]))
+            no_rate, no_quality = not math.isfinite(row["bd_rate"]), not math.isfinite(row["bd_quality"])
+            if no_rate or no_quality:
+                # _bd gives NaN when the curves share no range on the integration axis
+                r_why = f"no {metric} overlap" if i1["overlap"] == 0 else "NaN"
+                q_why = "no rate overlap" if i2["overlap"] == 0 else "NaN"
+                if no_rate and no_quality:
+                    note = (f"{r_why}, {q_why}" if "NaN" not in (r_why, q_why)
+                            else f"BD-rate {r_why}, BD-quality {q_why}")
+                else:
+                    note = f"BD-rate: {r_why}" if no_rate else f"BD-quality: {q_why}"
+                row["note"] = _fit(note, "BD is NaN (see the column 'detail')")
+                row["detail"] = (f"BD numbers of {name!r} against {anchor!r}: BD-rate "
+                                 f"{r_why if no_rate else 'ok'}, BD-quality {q_why if no_quality else 'ok'}")
+        except BDError as exc:
+            row["note"], row["detail"] = exc.note, str(exc)
         except ValueError as exc:
-            row["note"] = str(exc)
+            msg = str(exc)
+            row["note"], row["detail"] = _fit(msg, "not computed (see the column 'detail')"), msg
         rows.append(row)
     return pd.DataFrame(rows)
 

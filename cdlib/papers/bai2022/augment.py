@@ -2,7 +2,8 @@
 
 The bai2022 model option ``augment`` (``--set augment=...``) picks one; the model's data hooks
 (``wrap_train_dataset``, ``batch_transform``) hand it to the training loop.
-``augment = "timm"`` is step 2 of Paper A: timm's default training colour jitter (0.4) per image.
+``augment = "timm"``: timm's default training colour jitter (0.4) per image, the laptop zoo's step 2.  The
+official step 2 passes ``color_jitter=None`` to timm (crops and flips only: ``augment = ""``, the paper profile).
 ``augment = "deit"`` is step 1 of Paper A at paper scale (DeiT, Touvron et al. 2021): per image
 RandAugment ``rand-m9-mstd0.5-inc1`` and random erasing (p 0.25, per-pixel noise), per batch mixup
 (alpha 0.8) or cutmix (alpha 1.0) with label smoothing folded into the soft targets.  The pieces are
@@ -20,7 +21,7 @@ import torch
 
 RAND_AUGMENT = "rand-m9-mstd0.5-inc1"
 ERASE_PROB = 0.25
-COLOR_JITTER = 0.4  # timm's default training transform (Paper A, step 2): brightness, contrast, saturation
+COLOR_JITTER = 0.4  # timm's default training colour jitter: brightness, contrast, saturation (laptop step 2)
 MIXUP_ALPHA, CUTMIX_ALPHA = 0.8, 1.0
 # DeiT erases in the ImageNet-normalised space with N(0, 1) noise; here the same noise is mapped back to
 # pixels (and clipped to [0, 1]), because the model codes unnormalised images.
@@ -81,7 +82,7 @@ class _ItemAugment(torch.utils.data.Dataset):
 
 
 class ColorJitterAugment(_ItemAugment):
-    """timm's default training colour jitter: brightness, contrast and saturation 0.4 (Paper A, step 2)."""
+    """timm's default training colour jitter: brightness, contrast and saturation 0.4 (the laptop's step 2)."""
 
     name = "timm"
 

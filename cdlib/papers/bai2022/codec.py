@@ -69,8 +69,13 @@ class Bai2022Codec(LearnedCodec):
 
 @register_codec("bai2022")
 def bai2022_codec(**kw) -> Bai2022Codec:
-    """``get_codec("bai2022", model=m | models=[...] | checkpoint=p | checkpoints=[...])``; with none of them,
-    the zoo's step-2 bai2022 checkpoints, ordered by rate."""
+    """``get_codec("bai2022", model=m | models=[...] | checkpoint=p | checkpoints=[...] | entries=[ids])``.
+
+    With no weights: the zoo's main rate points (:data:`~cdlib.papers.bai2022.recipes.RATE_POINTS`,
+    q1..q4, those the zoo holds), ordered by rate.  The ablations share their stage and rate points, so they
+    are never picked up by default: load them by name, ``entries=["bai2022_q1_last", ...]``."""
+    from .recipes import RATE_POINTS
+
     kw.setdefault("label", "Bai et al. 2022 (ViT on latents)")
-    kw = zoo.with_rate_points("bai2022", kw, stage="step2")
+    kw = zoo.with_rate_points("bai2022", kw, ids=RATE_POINTS, stage="step2")
     return learned_codec(kw.pop("name", "bai2022"), cls=Bai2022Codec, model_name="bai2022", **kw)

@@ -10,7 +10,8 @@ Pipeline (224x224 input, paper profile)::
     x -> g_a (4 conv5x5/2 + LeakyReLU) -> y 14x14x192 -> mean-scale hyperprior -> y_hat
     y_hat -> 196 tokens, Linear(192->384) + cls + position embedding -> 12 ViT blocks (DeiT-S shape)
         cls of the last block -> LayerNorm -> Linear -> logits              (analysis, no pixels needed)
-        tokens of (block input, blocks 1, 2, 3) -> aggregation -> g_s -> x_hat   (reconstruction)
+        (tokens, blocks 1, 2, 3) -> aggregation -> g_s -> x_hat   (reconstruction; tokens: before the
+        position embedding as the official code, or with it: ``agg_input0``)
 
 So the transformer is shared: classification never needs the decoder g_s, and the decoder needs only the
 first ``max(agg_blocks)`` blocks.  The CompressAI pieces (``EntropyBottleneck``, ``GaussianConditional``,
@@ -18,6 +19,7 @@ first ``max(agg_blocks)`` blocks.  The CompressAI pieces (``EntropyBottleneck``,
 """
 from __future__ import annotations
 
+import math
 
 import torch
 import torch.nn as nn
@@ -45,13 +47,24 @@ QUALITIES = {"q1": (0.1, 0.001), "q2": (0.3, 0.003), "q3": (0.6, 0.006)}
 ALPHA_PER_BETA = 100.0
 STEP1_MSE_WEIGHT = 1e-3  # step 1: CE + 1e-3 * MSE_255, whatever the rate point
 
-# Step 1 = the DeiT recipe (AdamW, wd 0.05, lr 5e-4 * 1024 / 512 = 1e-3 for the paper's 8 x 128 batch, AMP);
-# the registered profiles are step 2.  Use: make_config("bai2022", profile, **STEP1_OVERRIDES), then step 2
-# with init_from=<step-1 checkpoint> and lmbda=QUALITIES[q][1].
+# Step 1 = the DeiT recipe (AdamW, wd 0.05, lr 5e-4 * total batch / 512, AMP); the registered profiles are
+# step 2.  Use: make_config("bai2022", profile, **STEP1_OVERRIDES) (laptop; on the paper profile
+# PAPER_STEP1_OVERRIDES), then step 2 with init_from=<step-1 checkpoint> and lmbda=QUALITIES[q][1].
+# The laptop's lr 1e-3 is used as it is (optim="loop").
 STEP1_OVERRIDES = {"stage": "step1", "optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.05, "amp": True,
                    "augment": "deit"}  # RandAugment m9, erasing 0.25, mixup 0.8 / cutmix 1.0 (cdlib.augment)
+# Paper profile (optim="official"): lr is DeiT's 5e-4 per 512 images, scaled by the total batch (batch_size x
+# processes) / 512 in configure_optimizers, as the official main.py (1e-3 on 8 GPUs x 128).
+PAPER_STEP1_OVERRIDES = {**STEP1_OVERRIDES, "lr": 5e-4}
+
+# The official schedule (timm's CosineLRScheduler, stepped once per epoch): warm-up from WARMUP_LR, then a
+# cosine over all the epochs down to the floor MIN_LR (both stages: --warmup-lr 1e-6, --min-lr 1e-5).
+WARMUP_LR, MIN_LR = 1e-6, 1e-5
+LR_BASE_BATCH = 512  # step 1: lr * batch_size * world_size / 512 (DeiT's linear scaling)
+OPTIMS = ("loop", "official")
 
 STAGES = ("step1", "step2")
+AGG_INPUT0 = ("tokens", "tokens+pos")  # the aggregation's input 0: official (before the position embedding), laptop
 PATCH = 16  # pixels per latent position (g_a has four stride-2 convs); also the ViT patch of `patchify`
 
 
@@ -82,13 +95,42 @@ _TRAIN = {
                    optimizer="adam", lr=1e-3, aux_lr=1e-3, steps=3000, warmup_steps=100, schedule="cosine",
                    lmbda=QUALITIES["q2"][1], stage="step2", grad_clip=1.0, augment="timm"),
     # Step 2 of the paper: Adam 1e-4 (aux 1e-3), cosine, 5 warm-up epochs of 300, label smoothing 0.1, fp32,
-    # timm's default training transform (crops, flips, colour jitter 0.4: augment="timm").
-    # batch_size is per process (the paper: 8 GPUs x 128); 1251 steps = one ImageNet epoch at 1024.
+    # random-resized crops and flips only (the official build_transform passes color_jitter=None: augment="").
+    # batch_size is per process (the paper: 8 GPUs x 128).  The run counts epochs: the loop turns 300 (5 of
+    # warm-up) into steps from the training set's size and the number of processes (steps= is then unused;
+    # an explicit steps= override counts steps instead).  optim="official": the official optimisers and
+    # per-epoch schedule (configure_optimizers).
     "paper": dict(dataset="imagefolder", image_size=224, num_classes=1000, batch_size=128, optimizer="adam",
-                  lr=1e-4, aux_lr=1e-3, weight_decay=0.0, steps=300 * 1251, warmup_steps=5 * 1251,
-                  schedule="cosine", lmbda=QUALITIES["q2"][1], stage="step2", label_smoothing=0.1,
-                  amp=False, grad_clip=1.0, num_workers=8, augment="timm"),
+                  lr=1e-4, aux_lr=1e-3, weight_decay=0.0, epochs=300.0, warmup_epochs=5.0, steps=300 * 1251,
+                  warmup_steps=5 * 1251, schedule="cosine", lmbda=QUALITIES["q2"][1], stage="step2",
+                  label_smoothing=0.1, amp=False, grad_clip=1.0, num_workers=8, augment="", optim="official"),
 }
+
+
+def _world_size() -> int:
+    """Processes of the current run (1 without torch.distributed)."""
+    import torch.distributed as dist
+
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def official_lr(step: int, cfg, base_lr: float, steps_per_epoch: float | None = None) -> float:
+    """The official learning rate at optimiser step ``step``: timm's ``CosineLRScheduler`` (timm 0.4.9, as the
+    official ``create_scheduler``: ``t_initial`` = epochs, ``warmup_t`` = warm-up epochs, ``warmup_lr_init`` =
+    :data:`WARMUP_LR`, ``lr_min`` = :data:`MIN_LR`, no warm-up prefix, one cycle), stepped once per epoch with
+    ``lr_scheduler.step(epoch)`` *after* each epoch, so epoch ``e`` trains at the value of ``t = max(e - 1, 0)``.
+
+    ``steps_per_epoch``: ``None`` when the config counts steps: the same curve on a per-step clock
+    (``t = step``, ``cfg.warmup_steps``, ``cfg.steps``), without the lag."""
+    if steps_per_epoch:
+        t, total, warm = max(int(step // steps_per_epoch) - 1, 0), cfg.epochs, cfg.warmup_epochs
+    else:
+        t, total, warm = step, cfg.steps, cfg.warmup_steps
+    if warm and t < warm:
+        return WARMUP_LR + t * (base_lr - WARMUP_LR) / warm
+    if t >= total:
+        return MIN_LR
+    return MIN_LR + 0.5 * (base_lr - MIN_LR) * (1 + math.cos(math.pi * t / total))
 
 
 def check_config(cfg) -> None:
@@ -100,15 +142,27 @@ def check_config(cfg) -> None:
 @register_model(
     "bai2022",
     arch={
+        # the laptop zoo was trained with the position embedding in the aggregation's input 0 (before the
+        # switch existed); the paper profile feeds it the projected tokens alone, as the official code
         "laptop": dict(N=32, M=64, D=64, depth=4, heads=4, num_classes=10, ref_grid=4,
-                       agg_blocks=(0, 1, 2, 3), patchify=False, drop_path=0.0, local_hyperprior=True),
+                       agg_blocks=(0, 1, 2, 3), patchify=False, drop_path=0.0, local_hyperprior=True,
+                       agg_input0="tokens+pos"),
         "paper": dict(N=128, M=192, D=384, depth=12, heads=6, num_classes=1000, ref_grid=14,
-                      agg_blocks=(0, 1, 2, 3), patchify=False, drop_path=0.1, local_hyperprior=False),
+                      agg_blocks=(0, 1, 2, 3), patchify=False, drop_path=0.1, local_hyperprior=False,
+                      agg_input0="tokens"),
     },
+    # checkpoints stored before agg_input0 existed aggregated the tokens with their position embedding
+    legacy_arch={"agg_input0": "tokens+pos"},
     train=_TRAIN,
     options={"augment": Option("", str, choices=AUGMENTS,
-                               help='training augmentation: "" crops and flips only; "timm" + colour jitter 0.4 '
-                                    '(step 2); "deit" + RandAugment, erasing, mixup/cutmix (step 1, paper scale)')},
+                               help='training augmentation: "" crops and flips only (step 2, as the official '
+                                    'code); "timm" + colour jitter 0.4 (the laptop zoo\'s step 2); "deit" + '
+                                    'RandAugment, erasing, mixup/cutmix (step 1, paper scale)'),
+             "optim": Option("loop", str, choices=OPTIMS,
+                             help='"loop": the training loop\'s optimisers and per-step warm-up + cosine to 0 '
+                                  '(laptop); "official": the official code\'s (step 1: AdamW with timm\'s '
+                                  'weight-decay groups, lr x total batch / 512; both steps: warm-up from 1e-6, '
+                                  'per-epoch cosine to a floor of 1e-5)')},
     check_config=check_config,
     size_multiple=2 * PATCH,  # g_a has stride 16 and h_a one more stride 2
 )
@@ -135,6 +189,10 @@ class Bai2022(CompressionModel):
             one 2x2 block of ``y``, with no zero padding, so the hyperprior computes the same thing on any
             image size.  On 64-px training images ``z`` is 2x2 and the paper's 3x3/5x5 kernels see only
             borders; on larger images their interior predictions are off (chapter 3, exercise 5).
+        agg_input0: what the aggregation's input 0 is: ``"tokens"``, the projected tokens ``Linear(y_hat)``
+            *before* the position embedding is added (the official code: ``fusion0(chans_embed(y_hat))``;
+            the paper profile), or ``"tokens+pos"``, the block input (tokens plus position embedding) without
+            the cls token: what the laptop zoo was trained with, and what a checkpoint without this key means.
 
     ``forward(x)`` returns ``{"x_hat", "likelihoods": {"y", "z"}, "logits"}``; ``forward(x, entropy=False)`` is
     the step-1 path (no quantisation, no entropy model, empty likelihoods).  Training stages (``cfg.stage``):
@@ -142,15 +200,15 @@ class Bai2022(CompressionModel):
     beta * MSE_255 + bpp, with (alpha, beta) from :data:`QUALITIES` via ``cfg.lmbda = beta``.
 
     Fidelity notes: in training ``y_hat`` is ``y`` plus uniform noise (CompressAI's convention) for the
-    rate, the transformer and the decoder alike; the aggregation's input 0 is the projected tokens plus
-    position embedding.  The hyperprior follows papers.md (z at 1/2 of y: ``h_a`` strides 1, 2, 1), so the
+    rate, the transformer and the decoder alike (as the official code); the aggregation's input 0 is set by
+    ``agg_input0`` (official: the tokens before the position embedding).  The hyperprior follows papers.md (z at 1/2 of y: ``h_a`` strides 1, 2, 1), so the
     whole model has stride 32, not CompressAI's 64.  The laptop profile sets ``local_hyperprior`` (see
     above): its 64-px training images give a 2x2 ``z``, too small for the paper's kernels to learn an interior.
     """
 
     def __init__(self, N=128, M=192, D=384, depth=12, heads=6, num_classes=1000, ref_grid=14,
                  agg_blocks=(0, 1, 2, 3), patchify=False, drop_path=0.1, mlp_ratio=4.0,
-                 local_hyperprior=False):
+                 local_hyperprior=False, agg_input0="tokens"):
         super().__init__()
         if D % heads:
             raise ValueError(f"D={D} must be a multiple of heads={heads}")
@@ -158,6 +216,9 @@ class Bai2022(CompressionModel):
         self.ref_grid = int(ref_grid)
         self.patchify = bool(patchify)
         self.agg_idx = () if self.patchify else _parse_agg(agg_blocks, depth)
+        if agg_input0 not in AGG_INPUT0:
+            raise ValueError(f"agg_input0 must be one of {', '.join(map(repr, AGG_INPUT0))}, got {agg_input0!r}")
+        self.agg_input0 = agg_input0
         # step 1 leaves the hyperprior unused: DDP must be told
         self.ddp_find_unused_parameters = True
 
@@ -253,17 +314,24 @@ class Bai2022(CompressionModel):
             grid = grid.flatten(2).transpose(1, 2)
         return torch.cat([cls_pos, grid], dim=1)
 
-    def _tokens(self, feat: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
-        """(B, 1 + h*w, D) input tokens of y_hat (or of x_hat's 16x16 patches) and the grid (h, w)."""
+    def _embed(self, feat: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """(B, h*w, D) projected tokens of y_hat (or of x_hat's 16x16 patches), no cls, no position; grid (h, w)."""
         if self.patchify:
             h, w = feat.shape[-2] // PATCH, feat.shape[-1] // PATCH
             seq = F.unfold(feat, PATCH, stride=PATCH).transpose(1, 2)  # (B, h*w, 3*16*16)
         else:
             h, w = feat.shape[-2:]
             seq = feat.flatten(2).transpose(1, 2)  # (B, h*w, M)
-        t = self.proj(seq)
+        return self.proj(seq), (h, w)
+
+    def _with_cls_pos(self, t: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
         t = torch.cat([self.cls_token.expand(t.shape[0], -1, -1), t], dim=1)
-        return t + self._pos(h, w), (h, w)
+        return t + self._pos(*hw)
+
+    def _tokens(self, feat: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """(B, 1 + h*w, D) input tokens of y_hat (or of x_hat's 16x16 patches) and the grid (h, w)."""
+        t, hw = self._embed(feat)
+        return self._with_cls_pos(t, hw), hw
 
     def _run_blocks(self, t: torch.Tensor, upto: int) -> list[torch.Tensor]:
         """Run blocks 1..upto; return [input, out_1, ..., out_upto] (index = block number)."""
@@ -273,10 +341,19 @@ class Bai2022(CompressionModel):
             feats.append(t)
         return feats
 
-    def _decoder_input(self, feats: list[torch.Tensor], hw: tuple[int, int]) -> torch.Tensor:
-        """Aggregated token features (cls dropped) as a (B, D, h, w) map for g_s."""
+    def _decoder_input(self, feats: list[torch.Tensor], hw: tuple[int, int],
+                       tokens: torch.Tensor | None = None) -> torch.Tensor:
+        """Aggregated token features (cls dropped) as a (B, D, h, w) map for g_s.
+
+        ``tokens``: the projected tokens before the position embedding (:meth:`_embed`), input 0 when
+        ``agg_input0="tokens"``; if not given, recovered as the block input minus the position embedding."""
         if self.agg_idx:
-            parts = [lin(feats[i][:, 1:]) for lin, i in zip(self.agg_in, self.agg_idx)]
+            def source(i):
+                if i or self.agg_input0 == "tokens+pos":
+                    return feats[i][:, 1:]
+                return tokens if tokens is not None else feats[0][:, 1:] - self._pos(*hw)[:, 1:]
+
+            parts = [lin(source(i)) for lin, i in zip(self.agg_in, self.agg_idx)]
             tok = self.agg_out(torch.cat(parts, dim=-1))
         else:  # ablation: the last block only
             tok = self.norm(feats[-1])[:, 1:]
@@ -291,18 +368,59 @@ class Bai2022(CompressionModel):
                 t, _ = self._tokens(x_hat)
                 logits = self.head(self.norm(self._run_blocks(t, self.depth)[-1][:, 0]))
             return logits, x_hat
-        t, hw = self._tokens(y_hat)
+        tokens, hw = self._embed(y_hat)
         upto = self.depth if (need_logits or not self.agg_idx) else max(self.agg_idx)
-        feats = self._run_blocks(t, upto)
+        feats = self._run_blocks(self._with_cls_pos(tokens, hw), upto)
         if need_logits:
             logits = self.head(self.norm(feats[-1][:, 0]))
         if need_image:
-            x_hat = self.g_s(self._decoder_input(feats, hw))
+            x_hat = self.g_s(self._decoder_input(feats, hw, tokens))
         return logits, x_hat
 
     def _means_scales(self, z_hat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         scales_hat, means_hat = self.h_s(z_hat).chunk(2, 1)
         return scales_hat, means_hat
+
+    def diagram_blocks(self) -> list:
+        """The stages of the model for :func:`cdlib.diagrams.model_diagram`, read from this instance (layers,
+        widths, depth, heads, aggregated blocks); the shapes come from a run on a dummy input."""
+        from ...diagrams import Block, layer_summary
+
+        last = f"blocks.{self.depth - 1}"
+        heads = self.blocks[0].attn.num_heads
+        front = [
+            Block("input", "image", (0, 0), kind="input", out="x"),
+            Block("g_a", "g_a", (1, 0), layer_summary(self.g_a), inputs=("input",), out="y"),
+            Block("h_a", "h_a", (1, 1), layer_summary(self.h_a), inputs=("g_a",), out="z"),
+            Block("entropy_bottleneck", "Q", (2, 1), "factorized\nentropy model", inputs=("h_a",),
+                  kind="entropy", out="ẑ"),
+            Block("h_s", "h_s", (3, 1), layer_summary(self.h_s), inputs=("entropy_bottleneck",), out="μ,σ"),
+            Block("gaussian_conditional", "Q", (3, 0), "Gaussian\nentropy model", inputs=("g_a", "h_s"),
+                  kind="entropy", out="ŷ"),
+        ]
+        head = f"norm(cls)\nLinear {self.D}→{self.head.out_features}"
+        blocks = f"{self.depth} blocks\n{heads} heads"
+        if self.patchify:  # ablation: decode, then read 16x16 patches of the decoded image
+            return [
+                *front,
+                Block("g_s", "g_s", (4, 0), layer_summary(self.g_s), inputs=("gaussian_conditional",), out="x̂"),
+                Block("blocks.0", "patches", (5, 0), f"16×16, Linear\n+ cls, pos", inputs=("g_s",), io="input",
+                      name="tokens", out="t"),
+                Block(last, "transformer", (5, 1), blocks, inputs=("tokens",), name="transformer", out="t"),
+                Block("head", "head", (5, 2), head, inputs=("transformer",), kind="task", out="logits"),
+            ]
+        used = ", ".join(str(i) for i in self.agg_idx if i)
+        return [
+            *front,
+            Block("blocks.0", "tokens", (4, 0), f"Linear {self.M}→{self.D}\n+ cls, pos",
+                  inputs=("gaussian_conditional",), io="input", name="tokens", out="t"),
+            Block(last, "transformer", (5, 0), blocks, inputs=("tokens",), name="transformer", out="t"),
+            Block("head", "head", (5, 1), head, inputs=("transformer",), kind="task", out="logits"),
+            Block("g_s", "aggregation", (4, 1),
+                  (f"tokens +\nblocks {used}" if used else "tokens") if self.agg_idx else "last block\n(normed)",
+                  inputs=("tokens", "transformer"), io="input", name="aggregation", out="a"),
+            Block("g_s", "g_s", (4, 2), layer_summary(self.g_s), inputs=("aggregation",), out="x̂"),
+        ]
 
     # -- CompressAI interface -------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor, entropy: bool = True) -> dict:
@@ -393,6 +511,48 @@ class Bai2022(CompressionModel):
         if "label" in batch:
             res["accuracy"] = (out["logits"].argmax(1) == batch["label"]).float().mean().item()
         return res
+
+    # -- optimisers (trainer hook): the model option ``optim`` ----------------------------------------------
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        """timm's convention (as the official model): parameters that weight-decay groups never decay."""
+        return {"pos_embed", "cls_token"}
+
+    def configure_optimizers(self, cfg) -> dict:
+        """``optim="loop"``: the loop's default (:func:`cdlib.train.default_optimizers`).  ``optim="official"``:
+        the official code's optimisers and schedule (:func:`official_lr`).
+
+        - step 1 (``pretrained_model/main.py``, timm ``create_optimizer``): ``cfg.optimizer`` (AdamW) over
+          timm's weight-decay groups (no decay for biases, norm weights and other 1-D parameters,
+          ``pos_embed``, ``cls_token``), at ``cfg.lr * batch_size * world_size / 512``;
+        - step 2 (``full_model/optim.py``): ``cfg.optimizer`` (Adam) at ``cfg.lr``, one group, weight decay
+          ``cfg.weight_decay`` (0), no lr scaling;
+        - both: an ``"aux"`` Adam at ``cfg.aux_lr`` for the entropy bottleneck's quantiles (not scheduled), and
+          the main lr warmed up from :data:`WARMUP_LR`, then a cosine to the floor :data:`MIN_LR`, stepped once
+          per epoch with the official one-epoch lag (per step when the config counts steps, not epochs).
+        """
+        from ...train import default_optimizers, make_optimizer, weight_decay_groups
+
+        optim = cfg.model_options.get("optim", "loop")
+        if optim not in OPTIMS:
+            raise ValueError(f"bad value {optim!r} for option 'optim' of bai2022; valid values: {', '.join(OPTIMS)}")
+        if optim == "loop":
+            return default_optimizers(self, cfg)
+        is_aux = lambda n: n.endswith("quantiles")  # noqa: E731
+        if self._stage(cfg) == "step1":
+            lr = cfg.lr * cfg.batch_size * _world_size() / LR_BASE_BATCH
+            main = make_optimizer(weight_decay_groups(self, cfg.weight_decay, exclude=is_aux), cfg, lr=lr)
+        else:
+            lr = cfg.lr
+            main = make_optimizer([p for n, p in self.named_parameters() if p.requires_grad and not is_aux(n)], cfg)
+        aux = [p for n, p in self.named_parameters() if p.requires_grad and is_aux(n)]
+        optimizers = {"main": main}
+        if aux:
+            optimizers["aux"] = torch.optim.Adam(aux, lr=cfg.aux_lr)
+        per_epoch = cfg.steps / cfg.epochs if cfg.epochs > 0 else None
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            main, lambda step: official_lr(step, cfg, lr, per_epoch) / lr)
+        return {"optimizers": optimizers, "schedulers": {"main": sched}}
 
     # -- training data (trainer hooks): the model option ``augment`` (augment.py) ---------------------------
     def wrap_train_dataset(self, dataset, cfg):

@@ -42,3 +42,20 @@ class Factorized(RateDistortionMixin, FactorizedPrior):
 class Hyperprior(RateDistortionMixin, MeanScaleHyperprior):
     """Mean-scale hyperprior. D. Minnen, J. Balle, G. Toderici, "Joint autoregressive and
     hierarchical priors for learned image compression", NeurIPS 2018 (the model without context)."""
+
+    def diagram_blocks(self) -> list:
+        """The stages of the model for :func:`cdlib.diagrams.model_diagram` (shapes come from a run)."""
+        from ...diagrams import Block, layer_summary
+
+        return [
+            Block("input", "image", (0, 0), kind="input", out="x"),
+            Block("g_a", "g_a", (1, 0), layer_summary(self.g_a), inputs=("input",), out="y"),
+            Block("h_a", "h_a", (1, 1), layer_summary(self.h_a), inputs=("g_a",), out="z"),
+            Block("entropy_bottleneck", "Q + factorized", (2, 1), "entropy model", inputs=("h_a",),
+                  kind="entropy", out="ẑ"),
+            Block("h_s", "h_s", (3, 1), layer_summary(self.h_s), inputs=("entropy_bottleneck",),
+                  out="μ,σ"),
+            Block("gaussian_conditional", "Q + Gaussian", (3, 0), "entropy model", inputs=("g_a", "h_s"),
+                  kind="entropy", out="ŷ"),
+            Block("g_s", "g_s", (4, 0), layer_summary(self.g_s), inputs=("gaussian_conditional",), out="x̂"),
+        ]
