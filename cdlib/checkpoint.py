@@ -31,6 +31,8 @@ RESUME_IGNORED = ("num_workers", "ckpt_every")
 
 # Buffers of CompressAI entropy models: their size changes with ``update()``; never cast, never synced by DDP.
 ENTROPY_BUFFERS = ("_quantized_cdf", "_offset", "_cdf_length", "scale_table")
+# The range coder's tables, a function of the other entropy parameters (``update()``): not exported.
+DERIVED_TABLES = ("_quantized_cdf", "_offset", "_cdf_length")
 
 # export_checkpoint(fp16=True) casts a float tensor to fp16 only if it has at least this many elements and
 # no part of its name is one of these (entropy models and GDN parameters stay exact).
@@ -330,13 +332,18 @@ def _castable(key: str, t: torch.Tensor) -> bool:
 
 
 def export_checkpoint(src: str | Path, dst: str | Path, fp16: bool = True) -> Path:
-    """Write a serving copy of a checkpoint: no optimiser/RNG state; with ``fp16`` the large float
+    """Write a serving copy of a checkpoint: no optimiser/RNG state, no range-coder tables (rebuilt on load);
+    with ``fp16`` the large float
     weights are stored as fp16 (entropy-model parameters and buffers, GDN and integer tensors stay exact).
     ``load_model`` casts them back to fp32."""
     ckpt = read_checkpoint(src)
     state, cast = {}, []
     for key, t in ckpt["state_dict"].items():
-        if fp16 and _castable(key, t):
+        if key.rsplit(".", 1)[-1] in DERIVED_TABLES:
+            # rebuilt by update(force=True) whenever a checkpoint loads: storing them costs bytes (800 kB for a
+            # Gaussian conditional) and depends on whether the run happened to call update()
+            state[key] = t.new_empty(0)
+        elif fp16 and _castable(key, t):
             state[key] = t.half()
             cast.append(key)
         else:

@@ -380,6 +380,20 @@ def test_export_fp16_keeps_entropy_state_exact(tmp_path):
     assert (tmp_path / "x.pt").stat().st_size < (tmp_path / "e.pt").stat().st_size
 
 
+def test_export_leaves_out_the_range_coder_tables(tmp_path):
+    run(tmp_path, "e.pt", steps=2)
+    ckpt = read_checkpoint(tmp_path / "e.pt")
+    m = load_model(tmp_path / "e.pt")  # update(force=True) on load: the tables are filled
+    ckpt["state_dict"] = {k: v.detach().clone() for k, v in m.state_dict().items()}
+    key = "entropy_bottleneck._quantized_cdf"
+    assert ckpt["state_dict"][key].numel() > 0
+    torch.save(ckpt, tmp_path / "u.pt")
+    export_checkpoint(tmp_path / "u.pt", tmp_path / "x.pt")
+    assert read_checkpoint(tmp_path / "x.pt")["state_dict"][key].numel() == 0
+    assert torch.equal(load_model(tmp_path / "x.pt").entropy_bottleneck._quantized_cdf,
+                       m.entropy_bottleneck._quantized_cdf)
+
+
 def test_loss_weight_naming_a_missing_term_is_an_error():
     with pytest.raises(ValueError, match=r"loss weight\(s\) \['typo'\] name no loss term.*\['bpp', 'ce', 'mse'\]"):
         run(None, steps=1, loss_weights={"typo": 1.0})
