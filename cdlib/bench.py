@@ -104,7 +104,9 @@ def measure_one(name: str, repeats: int) -> dict:
         row[f"enc_img_s_{size}"] = repeats * n / (t1 - t0)
         row[f"dec_img_s_{size}"] = repeats * n / (t2 - t1)
         row[f"bpp_bytes_{size}"] = bpp
-        row[f"psnr_{size}"] = float(np.mean([psnr(a, b) for a, b in zip(images, decoded)]))
+        # a feature codec (no pixel decoder: ``decodes_pixels = False``) has no PSNR
+        row[f"psnr_{size}"] = (float(np.mean([psnr(a, b) for a, b in zip(images, decoded)]))
+                               if getattr(codec, "decodes_pixels", True) else None)
         row[f"bpp_likelihood_{size}"] = _likelihood_bpp(codec, images, quality) if name in learned else None
     me = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
@@ -166,7 +168,8 @@ def format_table(rows: list[dict]) -> str:
             f"{r['label']}" + (" (untrained)" if r.get("weights") == "untrained" else ""),
             f"{r['enc_img_s_64']:.1f}", f"{r['dec_img_s_64']:.1f}", f"{r['enc_img_s_256']:.1f}",
             f"{r['dec_img_s_256']:.1f}", f"{r['bpp_bytes_256']:.3f}", "n/a" if lik is None else f"{lik:.3f}",
-            f"{r['psnr_256']:.2f}", f"{r['peak_rss_mb']:.0f}"]) + " |")
+            "n/a (features)" if r["psnr_256"] is None else f"{r['psnr_256']:.2f}",
+            f"{r['peak_rss_mb']:.0f}"]) + " |")
     return "\n".join(lines)
 
 
