@@ -70,10 +70,12 @@ class Chapter:
         return self.results / _result_name(name)
 
     def save(self, name: str, obj) -> Path:
-        """Write ``obj`` as ``results/<profile>/<chapter>/<name>.json``; returns the path."""
+        """Write ``obj`` as ``results/<profile>/<chapter>/<name>.json``; returns the path (shown in a notebook
+        relative to the results folder: a chapter's output never names a folder of the machine)."""
         from .eval import save_json
 
-        return save_json(obj, self.results / f"{_result_name(name)}.json")
+        path = save_json(obj, self.results / f"{_result_name(name)}.json")
+        return SavedResult(path, f"{self.profile}/{self.name}")
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.started
@@ -91,6 +93,40 @@ class Chapter:
     def __repr__(self) -> str:
         return (f"Chapter({self.name}: profile={self.profile}, device={self.device}, seed={self.seed}, "
                 f"data_root={self.data_root}, results={self.results})")
+
+
+OUTPUT_WIDTH = 75  # characters of cell output that the book's column shows whole (scripts/check_site.py)
+
+
+def say(*parts, sep: str = " ", width: int = OUTPUT_WIDTH) -> None:
+    """``print(*parts, sep=sep)``, each line wrapped to ``width`` characters (continuations indented):
+    a chapter's printed text then fits the book's column instead of running off its edge."""
+    import textwrap
+
+    text = sep.join(str(p) for p in parts)
+    print("\n".join(textwrap.fill(line, width, subsequent_indent="  ", break_on_hyphens=False)
+                    if len(line) > width else line for line in text.split("\n")))
+
+
+class SavedResult(type(Path())):
+    """The path of a saved result, shown as ``saved <file> in results/<profile>/<chapter>/``."""
+
+    def __new__(cls, path, where: str):
+        self = super().__new__(cls, path)
+        self.where = where
+        return self
+
+    def __init__(self, path, where: str):  # Python 3.12's Path takes the arguments in __init__ too
+        try:
+            super().__init__(path)
+        except TypeError:  # Python <= 3.11: PurePath.__init__ takes none
+            pass
+        self.where = where
+
+    where = ""  # paths derived from this one (``.parent``, ``/``) are made without __new__
+
+    def __repr__(self) -> str:
+        return f"saved {self.name} in results/{self.where}/" if self.where else f"SavedResult({self.name!r})"
 
 
 def setup_chapter(name: str, profile: str = "laptop", device: str = "cpu", seed: int = 0, data_root=None,
