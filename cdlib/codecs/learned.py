@@ -408,10 +408,14 @@ class LearnedCodec(Codec):
                     except Exception as exc:  # the underlying decoder failed on a corrupt payload
                         raise BitstreamError(f"{self.name}: payload could not be decoded "
                                              f"({type(exc).__name__}: {exc})") from exc
-                    for i, img in zip(chunk, to_uint8(x_hat)):
-                        h = parsed[i][0]
-                        out[i] = np.ascontiguousarray(img[: h.height, : h.width])
+                    for i, result in zip(chunk, self._results(x_hat, [parsed[i][0] for i in chunk])):
+                        out[i] = result
         return out
+
+    def _results(self, decoded: torch.Tensor, headers: Sequence) -> list:
+        """One result per stream from a batch the decoder produced: here uint8 images cropped to their size (a
+        codec that decodes something else, e.g. features, overrides this and nothing else of the batch path)."""
+        return [np.ascontiguousarray(img[: h.height, : h.width]) for img, h in zip(to_uint8(decoded), headers)]
 
 
 def _finite_output(owner: str, module, inputs, output) -> None:

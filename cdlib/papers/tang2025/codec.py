@@ -4,7 +4,6 @@ returns the decoded stride-4 feature tensor f3 that the ResNet tail and the task
 from __future__ import annotations
 
 import math
-from typing import Sequence
 
 import torch
 
@@ -60,33 +59,11 @@ class Tang2025Codec(LearnedCodec):
             raise BitstreamError(f"{self.name}: payload could not be decoded ({type(exc).__name__}: {exc})") from exc
         return self._crop(feats, header)
 
-    def decode_batch(self, streams: Sequence[bytes], batch_size: int | None = None) -> list:
-        """Features of many streams; ``batch_size``: streams of one rate point and size decoded that many at a
-        time (the entropy parameters are computed image by image, so the latents are the same either way)."""
-        if batch_size is None:
-            return [self.decode(s) for s in streams]
-        if int(batch_size) != batch_size or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer or None, got {batch_size!r}")
-        parsed = [self.parse(d) for d in streams]
-        groups: dict[tuple, list[int]] = {}
-        for i, (h, _) in enumerate(parsed):
-            groups.setdefault((h.quality, self.latent_grid(h)), []).append(i)
-        out: list = [None] * len(parsed)
-        with torch.no_grad():
-            for (quality, _), idx in groups.items():
-                model = self._model(quality)
-                for k in range(0, len(idx), int(batch_size)):
-                    chunk = idx[k:k + int(batch_size)]
-                    try:
-                        feats = self._decompress(model, [parsed[i][1] for i in chunk], parsed[chunk[0]][0])
-                    except BitstreamError:
-                        raise
-                    except Exception as exc:
-                        raise BitstreamError(f"{self.name}: payload could not be decoded "
-                                             f"({type(exc).__name__}: {exc})") from exc
-                    for i, f in zip(chunk, feats):
-                        out[i] = self._crop(f, parsed[i][0])
-        return out
+    def _results(self, decoded: torch.Tensor, headers) -> list:
+        """A decoded batch as one feature tensor per stream, cropped to its image's feature grid (the batch
+        path of :meth:`LearnedCodec.decode_batch`; the entropy parameters are computed image by image, so the
+        latents are the same either way)."""
+        return [self._crop(f, h) for f, h in zip(decoded, headers)]
 
     def compress(self, image, quality=None) -> bytes:
         return self.encode(image, quality)
