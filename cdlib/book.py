@@ -75,7 +75,7 @@ class Chapter:
         from .eval import save_json
 
         path = save_json(obj, self.results / f"{_result_name(name)}.json")
-        return SavedResult(path, f"{self.profile}/{self.name}")
+        return SavedResult(path, where=f"{self.profile}/{self.name}")
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.started
@@ -111,19 +111,19 @@ def say(*parts, sep: str = " ", width: int = OUTPUT_WIDTH) -> None:
 class SavedResult(type(Path())):
     """The path of a saved result, shown as ``saved <file> in results/<profile>/<chapter>/``."""
 
-    def __new__(cls, path, where: str):
-        self = super().__new__(cls, path)
+    where = ""  # paths derived from this one (``.parent``, ``/``) carry no ``where``
+
+    def __new__(cls, *args, where: str = ""):
+        self = super().__new__(cls, *args)
         self.where = where
         return self
 
-    def __init__(self, path, where: str):  # Python 3.12's Path takes the arguments in __init__ too
+    def __init__(self, *args, where: str = ""):  # Python >= 3.12: Path takes the arguments in __init__
         try:
-            super().__init__(path)
+            super().__init__(*args)
         except TypeError:  # Python <= 3.11: PurePath.__init__ takes none
             pass
         self.where = where
-
-    where = ""  # paths derived from this one (``.parent``, ``/``) are made without __new__
 
     def __repr__(self) -> str:
         return f"saved {self.name} in results/{self.where}/" if self.where else f"SavedResult({self.name!r})"

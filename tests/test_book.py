@@ -649,3 +649,18 @@ def test_check_site_reports_mathjax_from_the_internet():
     local = '<script defer="defer" src="../_static/mathjax/tex-mml-chtml.js"></script>'
     assert any("MathJax loaded from the internet" in e for e in cs.check_html(_page() .replace("<body>", "<body>" + cdn)))
     assert cs.check_html(_page().replace("<body>", "<body>" + local)) == []
+
+
+def test_saved_result_shows_no_machine_path_and_say_fits_the_column(tmp_path, monkeypatch, capsys):
+    from cdlib.book import OUTPUT_WIDTH, SavedResult, say, setup_chapter
+
+    monkeypatch.setenv("CDLIB_RESULTS", str(tmp_path / "res"))
+    ch = setup_chapter("ch09")
+    saved = ch.save("numbers", {"a": 1})
+    assert saved.is_file() and saved.name == "numbers.json"
+    assert repr(saved) == "saved numbers.json in results/laptop/ch09/" and str(tmp_path) not in repr(saved)
+    assert isinstance(saved.parent, SavedResult) and saved.parent.name == "ch09"  # derived paths still work
+    say("word " * 40, "and a dict", {k: k * 3 for k in "abcdefghij"})
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) > 2 and all(len(line) <= OUTPUT_WIDTH for line in lines)
+    assert lines[1].startswith("  ")  # continuations indented
