@@ -29,7 +29,8 @@ Each has a default that is the loop's own behaviour:
     ``loss_terms``/``loss_weights``, backward through the GradScaler, clip, step, schedule, aux step.
     A custom step runs its differentiable computations through ``ctx.forward(fn, *args)`` (the DDP-wrapped
     call; ``fn`` a callable or the name of a model method) and may call ``ctx.default_step(batch)`` and
-    then do more (update a momentum encoder, push keys into a queue).
+    then do more (update a momentum encoder, push keys into a queue), or build its own step from
+    ``ctx.optimizer_step(loss, opt)`` (backward, clip, step of one optimiser) and ``ctx.aux_step()``.
 ``wrap_train_dataset(dataset, cfg) -> dataset`` and ``batch_transform(cfg) -> callable | None``
     per-item and per-batch training augmentation.  Defaults: the dataset unchanged, no batch transform.
 
@@ -403,6 +404,33 @@ class StepContext:
                 dist.all_reduce(p.grad)
                 p.grad /= self.world
 
+    def optimizer_step(self, loss: torch.Tensor, opt: torch.optim.Optimizer, clip: bool = True) -> None:
+        """One optimiser's step on ``loss``: zero its gradients, backward through the GradScaler, clip to
+        ``cfg.grad_clip`` (``clip=False``: no clipping), step.  The caller updates the scaler and schedules
+        once per training step (a step may run several optimisers, e.g. a GAN's generator and discriminator)."""
+        opt.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if clip and self.cfg.grad_clip > 0:
+            self.scaler.unscale_(opt)
+            nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], self.cfg.grad_clip)
+        self.scaler.step(opt)
+
+    def aux_step(self) -> dict[str, float]:
+        """The ``aux`` optimiser (when there is one) minimises ``model.aux_loss()``, the entropy bottleneck's
+        quantiles; returns ``{"aux_loss": ...}`` (empty without an ``aux`` optimiser)."""
+        aux_opt = self.optimizers.get("aux")
+        if aux_opt is None:
+            return {}
+        aux_opt.zero_grad(set_to_none=True)
+        aux = self.model.aux_loss()
+        aux.backward()
+        self.average_gradients([p for g in aux_opt.param_groups for p in g["params"]])
+        aux_opt.step()
+        value = float(aux.detach())
+        if not math.isfinite(value):
+            raise FloatingPointError(f"non-finite aux loss at step {self.step + 1}: {value}")
+        return {"aux_loss": value}
+
     def default_step(self, batch: dict) -> dict[str, float]:
         """``loss = sum(w[k] * terms[k])``; backward (GradScaler), clip, ``main`` step and schedule; then the
         ``aux`` optimiser minimises ``model.aux_loss()``.  Returns loss, terms and aux_loss."""
@@ -412,25 +440,11 @@ class StepContext:
         with self.autocast():
             loss, terms = self.forward(weighted_loss, model, batch, cfg, self.loss_weights)
         record = self.reduce({"loss": loss, **terms})
-        opt.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        if cfg.grad_clip > 0:
-            self.scaler.unscale_(opt)
-            nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], cfg.grad_clip)
-        self.scaler.step(opt)
+        self.optimizer_step(loss, opt)
         self.scaler.update()
         if "main" in self.schedulers:
             self.schedulers["main"].step()
-        aux_opt = self.optimizers.get("aux")
-        if aux_opt is not None:  # fit the entropy bottleneck's quantiles
-            aux_opt.zero_grad(set_to_none=True)
-            aux = model.aux_loss()
-            aux.backward()
-            self.average_gradients([p for g in aux_opt.param_groups for p in g["params"]])
-            aux_opt.step()
-            record["aux_loss"] = float(aux.detach())
-            if not math.isfinite(record["aux_loss"]):
-                raise FloatingPointError(f"non-finite aux loss at step {self.step + 1}: {record['aux_loss']}")
+        record.update(self.aux_step())
         return record
 
     def finish(self, out: dict) -> dict[str, float]:

@@ -576,7 +576,7 @@ class Zhang2023(CompressionModel):
         weights = ctx.loss_weights
         if "edges" not in batch:
             batch = {**batch, "edges": self._edges(batch, cfg)}
-        g_opt, d_opt, aux_opt = ctx.optimizers["g"], ctx.optimizers.get("d"), ctx.optimizers.get("aux")
+        g_opt, d_opt = ctx.optimizers["g"], ctx.optimizers.get("d")
         with ctx.autocast():
             terms, fake = ctx.forward("generator_terms", batch, cfg, True)
             missing = [k for k in weights if k not in terms]
@@ -585,29 +585,17 @@ class Zhang2023(CompressionModel):
                                  f"{sorted(terms)}")
             g_loss = sum(weights[k] * terms[k] for k in weights)
         record = ctx.reduce({"g_loss": g_loss, **terms})
-        g_opt.zero_grad(set_to_none=True)
-        ctx.scaler.scale(g_loss).backward()
-        if cfg.grad_clip > 0:
-            ctx.scaler.unscale_(g_opt)
-            nn.utils.clip_grad_norm_([p for grp in g_opt.param_groups for p in grp["params"]], cfg.grad_clip)
-        ctx.scaler.step(g_opt)
+        ctx.optimizer_step(g_loss, g_opt)
         if cfg.model_options.get("gan", True) and d_opt is not None:
             with ctx.autocast():
                 d_loss = ctx.forward("discriminator_loss", batch["image"], fake.detach(), batch["edges"])
             record.update(ctx.reduce({"d_loss": d_loss}))
-            d_opt.zero_grad(set_to_none=True)  # also drops what the generator step left on D
-            ctx.scaler.scale(d_loss).backward()
-            ctx.scaler.step(d_opt)
+            # zeroing D's gradients also drops what the generator step left on D
+            ctx.optimizer_step(d_loss, d_opt, clip=False)
         ctx.scaler.update()
         for sched in ctx.schedulers.values():
             sched.step()
-        if aux_opt is not None:
-            aux_opt.zero_grad(set_to_none=True)
-            aux = self.aux_loss()
-            aux.backward()
-            ctx.average_gradients([p for grp in aux_opt.param_groups for p in grp["params"]])
-            aux_opt.step()
-            record["aux_loss"] = float(aux.detach())
+        record.update(ctx.aux_step())
         return record
 
     # -- reading ------------------------------------------------------------------------------------------
