@@ -153,10 +153,29 @@ def load_state_dict(model: nn.Module, state: dict, strict: bool = True):
     return model.load_state_dict(state, strict=strict)
 
 
+def fill_from_base(ckpt: dict, base_state: dict | None, path) -> dict:
+    """``ckpt`` with the weights its export left out (equal to its base's) taken from ``base_state``."""
+    exported = ckpt.get("exported") or {}
+    keys = exported.get("base_keys") or []
+    if not keys:
+        return ckpt
+    if base_state is None:
+        raise ValueError(f"{path} stores only the weights that differ from zoo entry {exported.get('base')!r}: "
+                         f"load it with cdlib.zoo.load (or cdlib.zoo.materialize for a complete file)")
+    prefix = exported.get("base_prefix", "")
+    missing = [k for k in keys if k[len(prefix):] not in base_state]
+    if missing:
+        raise ValueError(f"{path}: its base {exported.get('base')!r} lacks {len(missing)} of the weights it "
+                         f"should provide (e.g. {missing[0][len(prefix):]!r}): the base was replaced")
+    state = dict(ckpt["state_dict"])
+    state.update({k: base_state[k[len(prefix):]] for k in keys})
+    return {**ckpt, "state_dict": state, "exported": {**exported, "base_keys": []}}
+
+
 def load_init_weights(model: nn.Module, path: str | Path, verbose: bool = True) -> dict:
     """Load weights from another checkpoint (``cfg.init_from``; ``strict=False``); report what did not match:
     ``{"path", "missing", "unexpected", "shape_mismatch"}``."""
-    ckpt = read_checkpoint(path)
+    ckpt = fill_from_base(read_checkpoint(path), None, path)
     own = model.state_dict()
     state, mismatched = {}, []
     for key, value in ckpt["state_dict"].items():
@@ -288,7 +307,7 @@ def check_finite_state(state: dict, what: str, shown: int = 3) -> None:
 # Loading and exporting
 # ----------------------------------------------------------------------------------------------------------
 def load_model(path: str | Path, map_location="cpu", expect: str | None = None,
-               expected_by: str = "this caller") -> nn.Module:
+               expected_by: str = "this caller", base_state: dict | None = None) -> nn.Module:
     """Rebuild a model from a cdlib checkpoint (training or exported), ready to code with.
 
     Sets ``model.fingerprint`` (of the loaded weights after ``update(force=True)``) and
@@ -297,11 +316,12 @@ def load_model(path: str | Path, map_location="cpu", expect: str | None = None,
     Raises ``ValueError`` if a weight or buffer is not finite (naming the file and the first bad tensors),
     and, with ``expect`` (a registered model name), if the checkpoint holds another model (the message
     says that ``expected_by``, e.g. ``"codec 'hyperprior'"``, needs ``expect``); both are checked before
-    the model is built.
+    the model is built.  ``base_state``: the state dict of the checkpoint an exported file names as its base
+    (the weights it left out, :func:`export_checkpoint`); :func:`cdlib.zoo.load` passes it.
     """
     from .registry import create_model, get_entry, upgrade_arch
 
-    ckpt = read_checkpoint(path, map_location=map_location)
+    ckpt = fill_from_base(read_checkpoint(path, map_location=map_location), base_state, path)
     if expect is not None and ckpt.get("model") != expect:
         raise ValueError(f"checkpoint {path} holds a {ckpt.get('model')!r} model; {expected_by} needs {expect!r}")
     try:
@@ -313,6 +333,9 @@ def load_model(path: str | Path, map_location="cpu", expect: str | None = None,
     check_finite_state(ckpt["state_dict"], f"checkpoint {path}")
     # an arch stored before the model gained a key is read with the value its absence meant
     model = create_model(ckpt["model"], ckpt["profile"], **upgrade_arch(ckpt["model"], ckpt["arch"]))
+    for name in ckpt.get("exported", {}).get("dropped_modules", ()):
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, child, None)  # trained, not served
     state = {k: v.float() if v.dtype in (torch.float16, torch.bfloat16) else v for k, v in ckpt["state_dict"].items()}
     load_state_dict(model, state)
     model.to(map_location)
@@ -331,27 +354,60 @@ def _castable(key: str, t: torch.Tensor) -> bool:
             and bool(t.abs().max() < 6e4))
 
 
-def export_checkpoint(src: str | Path, dst: str | Path, fp16: bool = True) -> Path:
-    """Write a serving copy of a checkpoint: no optimiser/RNG state, no range-coder tables (rebuilt on load);
-    with ``fp16`` the large float
-    weights are stored as fp16 (entropy-model parameters and buffers, GDN and integer tensors stay exact).
-    ``load_model`` casts them back to fp32."""
+def serving_drops(model_name: str) -> tuple[str, ...]:
+    """Submodules a model needs only to train (its class attribute ``serving_drop``, e.g. a GAN's
+    discriminator): :func:`export_checkpoint` leaves them out and :func:`load_model` removes them."""
+    from .registry import get_entry
+
+    try:
+        return tuple(getattr(get_entry(model_name).factory, "serving_drop", ()))
+    except KeyError:
+        return ()
+
+
+def _under(key: str, modules) -> bool:
+    return any(key == m or key.startswith(m + ".") for m in modules)
+
+
+def export_checkpoint(src: str | Path, dst: str | Path, fp16: bool = True, base: dict | None = None) -> Path:
+    """Write a serving copy of a checkpoint: no optimiser/RNG state, no range-coder tables (rebuilt on load),
+    no training-only submodules (:func:`serving_drops`); with ``fp16`` the large float weights are stored as
+    fp16 (entropy-model parameters and buffers, GDN and integer tensors stay exact).  ``load_model`` casts
+    them back to fp32.
+
+    ``base``: ``{"id", "state_dict", "prefix"}`` of another exported checkpoint (a zoo entry) that this one was
+    trained from: the tensors equal to the base's (``prefix`` + its key: a codec inside an analysis model) are
+    left out and listed, so rate points fine-tuned from one base store only what differs.  Such a file loads
+    through :func:`cdlib.zoo.load`, which fills them in from the base."""
     ckpt = read_checkpoint(src)
-    state, cast = {}, []
+    drops = serving_drops(ckpt["model"])
+    state, cast, from_base = {}, [], []
+    base_state, prefix = (base or {}).get("state_dict", {}), (base or {}).get("prefix", "")
     for key, t in ckpt["state_dict"].items():
+        if _under(key, drops):
+            continue
         if key.rsplit(".", 1)[-1] in DERIVED_TABLES:
             # rebuilt by update(force=True) whenever a checkpoint loads: storing them costs bytes (800 kB for a
             # Gaussian conditional) and depends on whether the run happened to call update()
-            state[key] = t.new_empty(0)
+            t = t.new_empty(0)
         elif fp16 and _castable(key, t):
-            state[key] = t.half()
+            t = t.half()
             cast.append(key)
+        b = base_state.get(key[len(prefix):]) if key.startswith(prefix) else None
+        if b is not None and b.dtype == t.dtype and b.shape == t.shape and torch.equal(b, t):
+            from_base.append(key)
         else:
             state[key] = t
-    loaded = {k: t.float() if k in cast else t for k, t in state.items()}
+    if from_base and base is not None:
+        full = {**state, **{k: base_state[k[len(prefix):]] for k in from_base}}
+    else:
+        full = state
+    loaded = {k: t.float() if k in cast else t for k, t in full.items()}
     out = {k: ckpt[k] for k in ("format", "model", "profile", "arch", "config", "step")}
     out.update(state_dict=state, history=ckpt.get("history", []), metrics=ckpt.get("metrics", {}),
                cpu_seconds=ckpt.get("cpu_seconds", 0.0), world_size=ckpt.get("world_size", 1),
                fingerprint=fingerprint_state(ckpt["model"], ckpt["arch"], loaded),
-               exported={"fp16_keys": cast, "source_fingerprint": ckpt.get("fingerprint")})
+               exported={"fp16_keys": cast, "source_fingerprint": ckpt.get("fingerprint"),
+                         "dropped_modules": list(drops), "base": (base or {}).get("id") if from_base else None,
+                         "base_prefix": prefix if from_base else "", "base_keys": from_base})
     return atomic_save(out, dst)

@@ -6,7 +6,8 @@ non-zero exit status (set ``CDLIB_DEBUG=1`` to see the traceback).
 Outputs (``-o``) are never an input of the same command (compared as files: another path or a
 symlink to the input is the input), never an existing file unless ``--force`` (``train`` resumes the
 training checkpoint it finds there: that is not an overwrite), never an existing folder (give a file
-path; ``analyze -o`` alone names a folder, where it writes ``<stream stem>.json``).  They are written
+path; ``analyze -o`` alone names a folder, where it writes ``<stream stem>.json``; ``analyze --json FILE`` and
+``--parsing-png FILE`` name files).  They are written
 to a temporary file in the same folder and moved into place, so a failure leaves neither a partial
 output nor a temporary file.  ``decompress`` writes the image format of the output's extension.
 """
@@ -321,25 +322,58 @@ def cmd_decompress(a) -> int:
 
 
 def cmd_analyze(a) -> int:
-    """Analyse a stream with its codec's own analysis head (no pixel decoding); print the result as JSON."""
+    """Analyse a stream with its codec's own analysis head (no pixel decoding); print the result as JSON.
+
+    What is analysed and how it reads is the codec's (:meth:`~cdlib.codecs.base.Codec.describe_analysis`):
+    by default its first task (one that has several, e.g. face parsing, attributes and landmarks, may
+    describe them all).  ``--parsing-png`` writes the parsing map of a codec that has one as an indexed PNG
+    (pixel value = label index, with a colour palette)."""
+    from PIL import Image
+
     from . import eval as ev
     from .bitstream import unpack
 
     path, data, name = _read_stream(a.input)
-    target = None
+    inputs = [a.input, *(a.checkpoint or [])]
+    outputs: list[Path] = []
+
+    def output(arg, example):
+        out = _check_output(arg, inputs, a.force, example=example)
+        if any(_same_file(out, o) for o in outputs):
+            raise UserError(f"{arg} is named twice as an output of analyze: give each output its own path")
+        outputs.append(out)
+        return out
+
+    target = json_out = png_out = None
     if a.output:  # a folder: OUTDIR/<stream stem>.json
         if Path(a.output).exists() and not Path(a.output).is_dir():
             raise UserError(f"-o {a.output} is a file: analyze -o names a folder, where it writes "
-                            f"{path.stem}.json")
-        target = _check_output(Path(a.output) / f"{path.stem}.json", [a.input, *(a.checkpoint or [])], a.force)
+                            f"{path.stem}.json (--json FILE names a file)")
+        target = output(Path(a.output) / f"{path.stem}.json", f"{path.stem}.json")
+    if a.json:
+        json_out = output(a.json, f"{path.stem}.json")
+    if a.parsing_png:
+        png_out = output(a.parsing_png, f"{path.stem}_parsing.png")
+        if png_out.suffix.lower() != ".png":
+            raise UserError(f"--parsing-png {a.parsing_png}: the parsing map is written as PNG; name it "
+                            f"{png_out.with_suffix('.png').name}")
     codec = _codec_for(name, a.checkpoint)
-    task = codec.check_task(a.task or (codec.tasks[0] if codec.tasks else "classification"))
-    pred = ev.DecodeFree(codec).analyse([data], task)
+    tasks = [t.strip() for t in a.task.split(",") if t.strip()] if a.task else None
+    if a.task is not None and not tasks:
+        raise UserError("--task needs a task name (or several, comma-separated)")
+    summary, maps = codec.describe_analysis(data, tasks, images=["parsing"] if png_out else [])
     header, _ = unpack(data)
     result = {"stream": str(path), "codec": codec.name, "quality": header.quality, "height": header.height,
-              "width": header.width, "task": task, **ev.get_task(task).describe(pred[0])}
-    if target is not None:
-        ev.save_json(result, target)
+              "width": header.width, **summary}
+    if png_out is not None:
+        img = maps["parsing"]
+        if not isinstance(img, Image.Image):
+            img = Image.fromarray(img)
+        atomic_write(png_out, lambda f: img.save(f, format="PNG"))
+        result["parsing_png"] = str(a.parsing_png)
+    for out in (target, json_out):
+        if out is not None:
+            ev.save_json(result, out)
     print(ev.dumps_json(result))
     return 0
 
@@ -476,12 +510,17 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(fn=cmd_decompress)
 
     n = sub.add_parser("analyze", help="analyse a stream without decoding pixels (codecs with an analysis "
-                                       "head, e.g. bai2022); prints JSON")
+                                       "head, e.g. bai2022, zhang2023); prints JSON")
     n.add_argument("input", metavar="STREAM")
     n.add_argument("--checkpoint", action="append", help="checkpoint(s) of the codec (default: the zoo's)")
-    n.add_argument("--task", default=None, help="task to analyse (default: the codec's first, e.g. classification)")
+    n.add_argument("--task", default=None, help="task(s) to analyse, comma-separated (default: the codec's "
+                                                "choice: its first, e.g. classification, or all of a face codec's)")
     n.add_argument("-o", "--output", metavar="OUTDIR", help="also write OUTDIR/<stream stem>.json")
-    n.add_argument("--force", action="store_true", help="overwrite an existing OUTDIR/<stream stem>.json")
+    n.add_argument("--json", metavar="FILE", help="also write the JSON to FILE")
+    n.add_argument("--parsing-png", metavar="FILE", help="write the parsing map as an indexed PNG (pixel = label "
+                                                         "index, coloured; codecs with a parsing task, e.g. "
+                                                         "zhang2023)")
+    n.add_argument("--force", action="store_true", help="overwrite existing output files")
     n.set_defaults(fn=cmd_analyze)
 
     e = sub.add_parser("eval", help="rate-distortion or rate-accuracy curve to JSON")

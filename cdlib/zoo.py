@@ -197,9 +197,45 @@ def load(entry_id: str):
         raise ValueError(f"zoo file {path} does not match the manifest (sha256 {digest[:12]}..., expected "
                          f"{entry['sha256'][:12]}...): it is corrupt or was replaced; rebuild it with "
                          f"`python -m cdlib zoo build {entry_id}`")
-    model = load_model(path)
+    model = load_model(path, base_state=_base_state(entry))
     model.checkpoint_meta["zoo_id"] = entry_id
     return model
+
+
+def stored_state(entry_id: str) -> dict:
+    """The complete state dict of a zoo entry as stored (fp16 where exported so; the weights it shares with
+    its base filled in from the base), after checking every file's sha256."""
+    from .checkpoint import fill_from_base, read_checkpoint
+
+    entry = get_entry(entry_id)
+    path = zoo_dir() / entry["file"]
+    if not path.is_file():
+        raise FileNotFoundError(f"zoo file {path} of entry {entry_id!r} is missing (run `make checkpoints`)")
+    if sha256_of(path) != entry["sha256"]:
+        raise ValueError(f"zoo file {path} does not match the manifest: rebuild it with "
+                         f"`python -m cdlib zoo build {entry_id}`")
+    return fill_from_base(read_checkpoint(path), _base_state(entry), path)["state_dict"]
+
+
+def _base_state(entry: dict) -> dict | None:
+    return stored_state(entry["base"]) if entry.get("base") else None
+
+
+def materialize(entry_id: str) -> Path:
+    """A complete checkpoint file of a zoo entry (the weights shared with its base filled in), for
+    ``init_from``: the entry's own file when it has no base, else a copy in the cache."""
+    from .checkpoint import atomic_save, fill_from_base, read_checkpoint
+
+    entry = get_entry(entry_id)
+    path = zoo_dir() / entry["file"]
+    if not entry.get("base"):
+        return path
+    out = cache_dir() / "zoo-full" / f"{entry_id}-{entry['sha256'][:12]}.pt"
+    if not out.is_file():
+        stored_state(entry_id)  # checks the files
+        out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_save(fill_from_base(read_checkpoint(path), _base_state(entry), path), out)
+    return out
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -246,20 +282,26 @@ class _ManifestLock:
 
 
 def add_entry(ckpt_path: str | Path, entry_id: str, metrics: dict, cpu_minutes: float, fp16: bool = True,
-              created_by: str | None = None) -> dict:
-    """Export a training checkpoint into the zoo as ``<entry_id>.pt`` and add (or replace) its manifest entry."""
+              created_by: str | None = None, base: str | None = None, base_prefix: str = "") -> dict:
+    """Export a training checkpoint into the zoo as ``<entry_id>.pt`` and add (or replace) its manifest entry.
+
+    ``base``: the zoo entry it was trained from; the file then stores only the weights that differ from it
+    (``base_prefix``: where the base's weights sit in this model, e.g. ``"codec."``)."""
     from .checkpoint import export_checkpoint, read_checkpoint
 
     if not _ID.match(entry_id):
         raise ValueError(f"bad zoo entry id {entry_id!r}: use letters, digits, '_', '-', '.'")
     ckpt = read_checkpoint(ckpt_path)
     file = f"{entry_id}.pt"
-    dst = export_checkpoint(ckpt_path, zoo_dir() / file, fp16=fp16)
+    base_arg = {"id": base, "state_dict": stored_state(base), "prefix": base_prefix} if base else None
+    dst = export_checkpoint(ckpt_path, zoo_dir() / file, fp16=fp16, base=base_arg)
+    shares = bool(read_checkpoint(dst)["exported"].get("base_keys"))
     entry = {
         "id": entry_id, "model": ckpt["model"], "profile": ckpt["profile"], "config": ckpt["config"],
         "arch": ckpt["arch"], "seed": ckpt["config"]["seed"], "steps": ckpt["step"],
         "cpu_minutes": round(float(cpu_minutes), 2), "metrics": {k: float(v) for k, v in metrics.items()},
         "file": file, "sha256": sha256_of(dst), "bytes": dst.stat().st_size, "fp16": bool(fp16),
+        **({"base": base} if shares else {}),
         "created_by": created_by or _command_line(ckpt["model"], ckpt["profile"], ckpt["config"], ckpt["arch"], file),
     }
     # plain JSON types (tuples -> lists); paths under the home directory written as ~ (no machine's name)
@@ -342,7 +384,7 @@ def load_or_train(model_name: str, profile: str = "laptop", entry_id: str | None
     if candidates:
         e = candidates[0]
         model = load(e["id"])
-        return model, {"source": "zoo", "entry_id": e["id"], "path": str(zoo_dir() / e["file"]),
+        return model, {"source": "zoo", "entry_id": e["id"], "path": str(materialize(e["id"])),
                        "config": e["config"], "steps": e["steps"], "metrics": e["metrics"],
                        "fingerprint": model.fingerprint}
 
@@ -433,20 +475,24 @@ def specs() -> list[dict]:
 
 
 def register_spec(entry_id: str, model: str, profile: str, overrides: dict | None = None,
-                  eval_fn_name: str | None = None, other_profiles: dict | None = None, eval_every: int = 0) -> dict:
+                  eval_fn_name: str | None = None, other_profiles: dict | None = None, eval_every: int = 0,
+                  base: str | None = None, base_prefix: str = "") -> dict:
     """Add a zoo recipe.  ``overrides``: training-config values (an ``"arch"`` key holds architecture
     overrides); ``eval_fn_name``: key of :data:`METRIC_FNS` computing the entry's metrics
     (``None``: the final training loss terms).  ``other_profiles``: the overrides that carry over when
     the same recipe runs on another profile (default: ``overrides`` without ``"steps"``, so the profile's
     own step count applies).  ``eval_every``: also measure the metrics every that many steps during
-    training (recorded as the entry's ``evals``: quality against training steps)."""
+    training (recorded as the entry's ``evals``: quality against training steps).  ``base``: the entry whose
+    weights this one shares (it was fine-tuned from it with parts frozen): its file stores only the rest
+    (:func:`add_entry`)."""
     if not _ID.match(entry_id):
         raise ValueError(f"bad zoo entry id {entry_id!r}: use letters, digits, '_', '-', '.'")
     overrides = dict(overrides or {})
     if other_profiles is None:
         other_profiles = {k: v for k, v in overrides.items() if k != "steps"}
     spec = {"id": entry_id, "model": model, "profile": profile, "overrides": overrides,
-            "other_profiles": dict(other_profiles), "eval_fn": eval_fn_name, "eval_every": int(eval_every)}
+            "other_profiles": dict(other_profiles), "eval_fn": eval_fn_name, "eval_every": int(eval_every),
+            "base": base, "base_prefix": base_prefix}
     for i, s in enumerate(ZOO_SPECS):
         if s["id"] == entry_id:
             ZOO_SPECS[i] = spec
@@ -479,7 +525,7 @@ def _train_spec(spec: dict, workdir: str, progress: bool, threads: int | None = 
         path = Path(workdir) / f"{src}.pt"
         if not path.is_file():
             try:
-                path = zoo_dir() / get_entry(src)["file"]
+                path = materialize(src)
             except (KeyError, ValueError):
                 raise FileNotFoundError(f"spec {spec['id']!r} starts from {src!r}, which is neither trained in "
                                         f"{workdir} nor in the zoo: build {src!r} first") from None
@@ -565,7 +611,8 @@ def build_zoo(ids: list[str] | None = None, jobs: int = 1, workdir: str | Path |
     added = []
     for spec, (ckpt, cpu_minutes) in zip(todo, trained):
         t0 = time.perf_counter()
-        entry = add_entry(ckpt, spec["id"], metrics={}, cpu_minutes=cpu_minutes)
+        entry = add_entry(ckpt, spec["id"], metrics={}, cpu_minutes=cpu_minutes, base=spec.get("base"),
+                          base_prefix=spec.get("base_prefix", ""))
         if spec["eval_fn"]:  # measured on the exported (served) weights
             cfg, _ = _spec_config(spec)
             metrics = METRIC_FNS[spec["eval_fn"]](load(spec["id"]), cfg)

@@ -135,7 +135,9 @@ def test_cli_exercises_init(tmp_path):
     run = subprocess.run([sys.executable, "-m", "cdlib", "exercises", "init", str(tmp_path / "sol")], cwd=ROOT,
                          env=env, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
-    assert (tmp_path / "sol" / "ch03.py").is_file() and "make grade CDLIB_SOLUTIONS=" in run.stdout
+    written = {p.stem for p in (tmp_path / "sol").glob("ch*.py")}
+    assert written == {e.chapter for e in EXERCISES} and "ch04" in written, run.stdout
+    assert "make grade CDLIB_SOLUTIONS=" in run.stdout
     again = subprocess.run([sys.executable, "-m", "cdlib", "exercises", "init", str(tmp_path / "sol")], cwd=ROOT,
                            env=env, capture_output=True, text=True, timeout=120)
     assert again.returncode == 2 and again.stderr.startswith("error: ") and len(again.stderr.splitlines()) == 1

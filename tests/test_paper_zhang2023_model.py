@@ -356,3 +356,70 @@ def test_task_views_feed_the_eval_pipelines(faces):
     assert an.Landmarks().predict(p.for_task("landmarks"), imgs).shape == (2, 5, 2)
     with pytest.raises(ValueError, match="valid tasks"):
         p.for_task("depth")
+
+
+# ------------------------------------------------------------------------------------------------ serving and zoo
+def test_export_leaves_the_discriminator_out_and_the_codec_decodes_the_same(tmp_path, faces):
+    from cdlib.checkpoint import export_checkpoint, load_model
+
+    cfg = make_config("zhang2023", "laptop", image_size=S, batch_size=2, steps=1, num_train=4, device="cpu")
+    train(tiny(3), cfg, out=tmp_path / "full.pt", dataset=faces, progress=False)
+    export_checkpoint(tmp_path / "full.pt", tmp_path / "served.pt", fp16=False)
+    stored = read_checkpoint(tmp_path / "served.pt")
+    assert not any(k.startswith("discriminator.") for k in stored["state_dict"])
+    assert stored["exported"]["dropped_modules"] == ["discriminator"]
+    served = load_model(tmp_path / "served.pt")
+    assert served.discriminator is None and served.fingerprint == load_model(tmp_path / "served.pt").fingerprint
+    full = load_model(tmp_path / "full.pt")
+    imgs = images(2, seed=4)
+    a, b = get_codec("zhang2023", model=full), get_codec("zhang2023", model=served)
+    for img in imgs:
+        assert np.array_equal(a.decode(a.encode(img, 0)), b.decode(b.encode(img, 0)))
+
+
+def test_rate_fine_tuning_freezes_the_generator():
+    m = tiny(0)
+    cfg = make_config("zhang2023", "laptop", train_parts="rate")
+    assert m.frozen_parts(cfg) == ["generator"]
+    assert m.frozen_parts(make_config("zhang2023", "laptop")) == []
+    with pytest.raises(ValueError, match="train_parts"):
+        m.frozen_parts(make_config("zhang2023", "laptop", train_parts="decoder"))
+    a = tiny_analysis(0)
+    joint = make_config("zhang2023_analysis", "laptop", stage="joint")
+    assert set(a.frozen_parts(joint)) == {f"codec.{p}" for p in an.JOINT_FROZEN}
+    assert a.frozen_parts(make_config("zhang2023_analysis", "laptop")) == ["codec"]
+
+
+def test_chapter_measurements_known_answers():
+    import pandas as pd
+
+    from cdlib.papers.zhang2023 import experiments as ex
+
+    curve = pd.DataFrame({"quality": [0, 1, 2], "bpp": [0.1, 0.2, 0.4], "miou": [0.50, 0.545, 0.56]})
+    raw = {"miou": 0.55}
+    got = ex.paper_saving(curve, raw, "miou")  # 0.545 is within 1 point of 0.55, 0.50 is not
+    assert got["bpp"] == 0.2 and got["saving"] == pytest.approx(1 - 0.2 / 24) and got["within"]
+    assert not ex.paper_saving(curve, {"miou": 0.9}, "miou")["within"]
+    assert ex.matched_point(curve, 0.25) == (1, 0.2)
+    assert ex.matched_point(curve, 0.05) == (0, 0.1)  # nothing below: its lowest rate
+    g = np.random.default_rng(1)  # 64-px faces-sized images: MS-SSIM's five scales need more than 32 px
+    same = np.stack([np.kron(b, np.ones((8, 8, 1), np.uint8)) for b in g.integers(0, 256, (3, 8, 8, 3), np.uint8)])
+    scores = ex.perceptual_scores(same, same)
+    assert scores["psnr"] > 90 and scores["ms_ssim"] == pytest.approx(1.0)
+    assert scores["gmsd"] == pytest.approx(0.0, abs=1e-6) and scores["haarpsi"] == pytest.approx(1.0, abs=1e-4)
+    noisy = np.clip(same.astype(int) + np.random.default_rng(0).integers(-40, 40, same.shape), 0, 255).astype(np.uint8)
+    worse = ex.perceptual_scores(same, noisy)
+    assert worse["psnr"] < scores["psnr"] and worse["gmsd"] > 0.01 and worse["haarpsi"] < 0.99
+
+
+def test_layer_report_counts_every_byte():
+    from cdlib.papers.zhang2023 import experiments as ex
+
+    m = tiny(5).eval()
+    codec = get_codec("zhang2023", model=m)
+    imgs = np.stack(images(3, seed=2))
+    rep = ex.layer_report(codec, imgs)
+    total = sum(len(codec.encode(im, 0)) for im in imgs)
+    assert rep["stream bytes"].sum() == total
+    assert set(rep["layer"]) == {"structure", "texture", "header"}
+    assert rep.loc[rep["layer"] != "header", "estimated bytes"].gt(0).all()

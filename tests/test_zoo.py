@@ -193,3 +193,40 @@ def test_recipe_on_another_profile_keeps_its_identity_not_its_laptop_settings(mo
     from cdlib.papers.bai2022.recipes import BAI_STEP1_STEPS
 
     assert calls[0][3]["steps"] == BAI_STEP1_STEPS
+
+
+def test_an_entry_trained_from_a_base_stores_only_what_differs(dirs):
+    """Rate points fine-tuned from one base with parts frozen: the file holds the other parts only, loads
+    complete through the zoo, refuses to load without its base, and fails when the base is tampered with."""
+    from cdlib.checkpoint import atomic_save, load_model
+
+    base_ckpt = trained_ckpt(dirs.root / "base.pt")
+    ck = read_checkpoint(base_ckpt)
+    changed = sorted(ck["state_dict"])[0]
+    ck["state_dict"] = {k: (v + 1 if k == changed else v) for k, v in ck["state_dict"].items()}
+    child_ckpt = atomic_save(ck, dirs.root / "child.pt")
+
+    zoo.add_entry(base_ckpt, "toy-base", metrics={}, cpu_minutes=0.01)
+    entry = zoo.add_entry(child_ckpt, "toy-child", metrics={}, cpu_minutes=0.01, base="toy-base")
+    assert entry["base"] == "toy-base"
+    stored = read_checkpoint(dirs.zoo / "toy-child.pt")
+    assert list(stored["state_dict"]) == [changed]
+    assert set(stored["exported"]["base_keys"]) == set(ck["state_dict"]) - {changed}
+    assert entry["bytes"] < zoo.get_entry("toy-base")["bytes"]
+
+    model = zoo.load("toy-child")
+    zoo.add_entry(child_ckpt, "toy-whole", metrics={}, cpu_minutes=0.01)  # the same weights, stored whole
+    full = zoo.load("toy-whole")
+    assert model.fingerprint == full.fingerprint
+    for k, v in full.state_dict().items():
+        assert torch.equal(model.state_dict()[k], v), k
+    assert model.fingerprint == load_model(zoo.materialize("toy-child")).fingerprint
+    with pytest.raises(ValueError, match="stores only the weights that differ from zoo entry 'toy-base'"):
+        load_model(dirs.zoo / "toy-child.pt")
+
+    assert "base" not in zoo.get_entry("toy-whole")
+
+    with open(dirs.zoo / "toy-base.pt", "ab") as f:
+        f.write(b"x")
+    with pytest.raises(ValueError, match="does not match the manifest"):
+        zoo.load("toy-child")

@@ -30,6 +30,7 @@ class Codec(ABC):
     label: str = ""                 # honest display name, e.g. "HEVC (x265)"
     qualities: Sequence = ()        # default sweep, from low to high rate
     tasks: tuple[str, ...] = ()     # tasks analysed from the stream itself, no pixel decoding (see analyse)
+    analysis_outputs: tuple[str, ...] = ()  # maps describe_analysis can return as images (e.g. "parsing")
 
     # -- to implement -------------------------------------------------------
     @abstractmethod
@@ -108,6 +109,36 @@ class Codec(ABC):
         (``tasks == ()``) raise :class:`AnalysisNotSupported`."""
         self.check_task(task)
         raise NotImplementedError(f"codec {self.name!r} lists tasks {self.tasks} but does not implement analyse()")
+
+    def describe_analysis(self, data: bytes, tasks: Sequence[str] | None = None,
+                          images: Sequence[str] = ()) -> tuple[dict, dict]:
+        """One stream's analysis for people (``python -m cdlib analyze``), from the stream alone as
+        :meth:`analyse`: ``(summary, maps)``, a JSON-ready dict and ``{name: PIL.Image}`` for each name of
+        ``images`` (names of :attr:`analysis_outputs`).
+
+        ``tasks``: names of :attr:`tasks` (default: the first).  Here the summary is ``{"task": name,
+        **Task.describe(prediction)}`` for one task, ``{"tasks": [...], **each describe}`` for several, and no
+        codec writes maps; a codec whose outputs need more (label names, pixel coordinates, a legend, a
+        parsing map as an image) overrides this."""
+        names = [self.check_task(t) for t in (list(tasks or ()) or list(self.tasks[:1]) or ["classification"])]
+        self.check_analysis_outputs(images)
+        from ..eval.tasks import get_task
+
+        summary: dict = {"task": names[0]} if len(names) == 1 else {"tasks": names}
+        for name in names:
+            task = get_task(name)
+            summary.update(task.describe(task.postprocess(self.analyse([data], name))[0]))
+        return summary, {}
+
+    def check_analysis_outputs(self, images: Sequence[str]) -> list[str]:
+        """``images`` if each is one of :attr:`analysis_outputs`; else :class:`AnalysisNotSupported`."""
+        images = list(images or ())
+        bad = [i for i in images if i not in self.analysis_outputs]
+        if bad:
+            has = f"it writes only {', '.join(self.analysis_outputs)}" if self.analysis_outputs else \
+                "it writes no analysis maps"
+            raise AnalysisNotSupported(f"codec {self.name!r} has no {', '.join(map(repr, bad))} map to write: {has}")
+        return images
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r})"

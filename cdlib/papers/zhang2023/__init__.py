@@ -11,9 +11,10 @@ Generative Approach", IEEE TCSVT (arXiv 2304.06896).
 - ``codec.py``: :class:`Zhang2023Codec`, both layers in one container, structure-only decoding, texture swaps, and
   ``analyse`` (parsing, attributes, landmarks from the latents, never the generator);
 - ``analysis.py``: the analysis network on the two decoded latents (``zhang2023_analysis``), the same trunk on RGB
-  (``zhang2023_pixel``), the ``landmarks`` task and :func:`~.analysis.evaluate`.
+  (``zhang2023_pixel``), the ``landmarks`` task and :func:`~.analysis.evaluate`;
+- ``recipes.py``: the zoo's rate points, analysis networks, pixel baseline and ablations, and their metrics.
 """
-from . import analysis, celebamask, codec, faceworld, model  # noqa: F401  (registration)
+from . import analysis, celebamask, codec, exercises, faceworld, model, recipes  # noqa: F401  (registration)
 from .analysis import Zhang2023Analysis, Zhang2023Pixel
 from .codec import Zhang2023Codec
 from .model import FIDELITY, Zhang2023

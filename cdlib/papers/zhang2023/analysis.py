@@ -6,8 +6,8 @@
   (``y_hat`` concatenated with ``t_hat`` broadcast over the grid, 1x1 conv) in front of the trunk.  It reads
   ``(y_hat, t_hat)`` exactly as decoded from the streams (:meth:`Zhang2023.latents`), never ``g_s`` or the
   generator.  Stages: ``"separate"`` (default; the codec frozen through ``frozen_parts``, the paper's separate
-  schedule) and ``"joint"`` (the codec fine-tuned too, its non-adversarial terms plus ``task_weight`` x tasks;
-  the discriminator stays frozen: our choice);
+  schedule) and ``"joint"`` (the codec's encoders fine-tuned too, with its non-adversarial terms plus
+  ``task_weight`` x tasks; its decoder side stays frozen, :data:`JOINT_FROZEN`: our choice);
 - :class:`Zhang2023Pixel` (``zhang2023_pixel``): the same trunk behind a strided RGB stem, the pixel baseline;
 - :class:`Landmarks`, a ``cdlib.eval`` task object (normalised mean error), and :func:`evaluate` (mIoU through
   torchmetrics' ``MulticlassJaccardIndex``, attribute mean accuracy, landmark NME).
@@ -26,6 +26,8 @@ from .model import LAPTOP_ARCH, PAPER_ARCH, Zhang2023
 TASKS = ("parsing", "attributes", "landmarks")
 ANALYSIS_STAGES = ("", "separate", "joint")
 INPUTS = ("both", "structure", "texture")
+#: the codec's parts frozen in the joint stage (our choice: the decoder side)
+JOINT_FROZEN = ("discriminator", "g_s", "generator", "edge_head")
 #: default weights of the task terms (our choice: landmark L1 is on [0, 1] coordinates, hence x10)
 TASK_WEIGHTS = {"parsing": 1.0, "attributes": 1.0, "landmarks": 10.0}
 
@@ -148,6 +150,7 @@ class Zhang2023Analysis(_TaskModel, nn.Module):
     zeroed before the stem)."""
 
     model_name_ = "zhang2023_analysis"
+    serving_drop = ("codec.discriminator",)
 
     def __init__(self, codec: dict, width=64, depth=2, num_classes=12, num_attributes=len(ATTRIBUTES),
                  inputs="both"):
@@ -182,8 +185,12 @@ class Zhang2023Analysis(_TaskModel, nn.Module):
         return cfg.stage or "separate"
 
     def frozen_parts(self, cfg) -> list[str]:
-        """separate: the whole codec (analysis on frozen latents); joint: only its discriminator."""
-        return ["codec"] if self._stage(cfg) == "separate" else ["codec.discriminator"]
+        """separate: the whole codec (analysis on frozen latents); joint: the codec's decoder side
+        (discriminator, ``g_s``, generator, edge head): the encoders, which make the latents the analysis reads,
+        learn from the task and from the reconstruction through the frozen decoder."""
+        if self._stage(cfg) == "separate":
+            return ["codec"]
+        return [f"codec.{p}" for p in JOINT_FROZEN]
 
     def loss_terms(self, batch: dict, cfg) -> dict:
         terms = super().loss_terms(batch, cfg)

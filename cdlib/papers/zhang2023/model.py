@@ -85,6 +85,10 @@ FIDELITY = {
 
 ADAM_BETAS = (0.0, 0.9)  # from the precursor code
 STAGES = ("",)  # one stage: the codec trains as a whole (its analysis stages are zhang2023_analysis's)
+TRAIN_PARTS = ("all", "rate")
+#: frozen when a rate point is fine-tuned from a base (option ``train_parts="rate"``): the generator, the
+#: largest part, which the rate points then share (the zoo stores it once)
+RATE_FROZEN = ("generator",)
 
 
 def _odd_window(size: int) -> int:
@@ -251,7 +255,7 @@ class MultiScaleDiscriminator(nn.Module):
 
 
 # ------------------------------------------------------------------------------------------------ profiles
-LAPTOP_ARCH = dict(N=48, M=64, Nh=48, n_down=3, struct_ch=(64, 32, 16, 8), gen_ch=(128, 64, 32, 16),
+LAPTOP_ARCH = dict(N=48, M=64, Nh=32, n_down=3, struct_ch=(64, 32, 16, 8), gen_ch=(128, 64, 32, 16),
                    style_ch=16, style_levels=3, style_dim=16, texture_step=0.25, disc_ch=16, disc_layers=3,
                    disc_scales=2)
 PAPER_ARCH = dict(N=128, M=192, Nh=128, n_down=4, struct_ch=(256, 128, 64, 32, 16),
@@ -285,6 +289,9 @@ _OPTIONS = {
     "g_lr_ratio": Option(0.5, float, help="generator lr = lr * g_lr_ratio (precursor: 0.5)"),
     "d_lr_ratio": Option(2.0, float, help="discriminator lr = lr * d_lr_ratio (precursor: 2)"),
     "canny_sigma": Option(1.0, float, help="Gaussian sigma of the Canny edge targets (scikit-image)"),
+    "train_parts": Option("all", str, help="'all', or 'rate' (fine-tuning a rate point from a base): the "
+                                           "generator stays frozen, so the rate points share it and the zoo "
+                                           "stores it once"),
 }
 
 
@@ -310,7 +317,10 @@ class Zhang2023(CompressionModel):
     with 3 strings, or 2 (the structure layer alone: texture at its prior mean), or ``texture=`` a code.
     """
 
-    def __init__(self, N=48, M=64, Nh=48, n_down=3, struct_ch=(64, 32, 16, 8), gen_ch=(128, 64, 32, 16),
+    #: trained, not served: the zoo's files leave the discriminator out (cdlib.checkpoint.export_checkpoint)
+    serving_drop = ("discriminator",)
+
+    def __init__(self, N=48, M=64, Nh=32, n_down=3, struct_ch=(64, 32, 16, 8), gen_ch=(128, 64, 32, 16),
                  style_ch=16, style_levels=3, style_dim=16, texture_step=0.25, disc_ch=32, disc_layers=3,
                  disc_scales=2):
         super().__init__()
@@ -543,7 +553,11 @@ class Zhang2023(CompressionModel):
     def frozen_parts(self, cfg) -> list[str]:
         if cfg.stage not in STAGES:
             raise ValueError(f"bad value {cfg.stage!r} for 'stage' of zhang2023; valid values: {STAGES}")
-        return []
+        parts = cfg.model_options.get("train_parts", "all")
+        if parts not in TRAIN_PARTS:
+            raise ValueError(f"bad value {parts!r} for option 'train_parts' of zhang2023; valid values: "
+                             f"{TRAIN_PARTS}")
+        return [] if parts == "all" else list(RATE_FROZEN)
 
     def batch_transform(self, cfg):
         """Canny edge targets of every training batch (``batch["edges"]``)."""
