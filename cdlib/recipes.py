@@ -49,4 +49,4 @@ def load_recipe(entry_id: str, profile: str = "laptop", budget_steps: int | None
         _, info = load_recipe(src[1:], profile, budget_steps, progress, **extra)
         overrides["init_from"] = info["path"]
     return zoo.load_or_train(spec["model"], profile, budget_steps=budget_steps, arch=arch, progress=progress,
-                             **{**overrides, **extra})
+                             prefer=entry_id, **{**overrides, **extra})

@@ -355,12 +355,13 @@ def _default_arch(model_name: str, profile: str, cfg, arch: dict | None) -> dict
 
 def load_or_train(model_name: str, profile: str = "laptop", entry_id: str | None = None,
                   budget_steps: int | None = None, *, arch: dict | None = None, progress: bool = True,
-                  **cfg_overrides):
+                  prefer: str | None = None, **cfg_overrides):
     """``(model, info)``: the zoo entry of this config, else the cached checkpoint, else train and cache.
 
     ``info["source"]`` is ``"zoo"``, ``"cache"`` or ``"trained"``.  ``budget_steps`` caps the
     training steps of a run made here (warm-up shrinks in proportion); a zoo entry of the full
-    config is still preferred.  An interrupted training run resumes from the cache next time.
+    config is still preferred.  An interrupted training run resumes from the cache next time.  ``prefer``: the
+    entry id to take when several zoo entries match the config (recipes that differ only in ``init_from``).
     """
     from .config import config_hash, make_config
     from .registry import create_model, upgrade_arch
@@ -381,6 +382,9 @@ def load_or_train(model_name: str, profile: str = "laptop", entry_id: str | None
         # a stored arch lacks the keys the model gained since: read it with the values their absence meant
         candidates = [e for e in entries(model=model_name, profile=profile)
                       if (_matchable(e["config"]), _json(upgrade_arch(model_name, e["arch"]))) == want]
+        # entries that differ only in what MATCH_IGNORED leaves out (e.g. analysis networks of different rate
+        # points, told apart by their init_from): the caller's recipe id decides
+        candidates.sort(key=lambda e: e["id"] != prefer)
     if candidates:
         e = candidates[0]
         model = load(e["id"])

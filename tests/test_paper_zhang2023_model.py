@@ -240,7 +240,7 @@ def test_analysis_and_pixel_models_train_and_evaluate(tmp_path, faces):
     joint = make_config("zhang2023_analysis", "laptop", image_size=S, stage="joint", task_weight=0.5)
     terms = a.loss_terms({k: torch.stack([faces[0][k], faces[1][k]]) for k in faces[0]}, joint)
     assert set(a.loss_weights(joint)) <= set(terms) and "codec_bpp_structure" in terms and "codec_gan" not in terms
-    assert a.frozen_parts(joint) == ["codec.discriminator"]
+    assert a.frozen_parts(joint) == [f"codec.{p}" for p in an.JOINT_FROZEN]  # the decoder side
 
     torch.manual_seed(0)
     p = registry.create_model("zhang2023_pixel", "laptop", width=16, depth=1)
@@ -299,7 +299,9 @@ def test_checkpoints_load_back_into_codecs(tmp_path, faces):
 
 @pytest.mark.slow
 def test_gan_step_under_ddp_two_processes_gloo(tmp_path):
-    """Two processes (gloo): the generator and discriminator steps keep the ranks' weights equal."""
+    """The paper profile's code path (its training config, the CelebAMask-HQ loader on a fake tree in the real
+    layout), tiny widths, two processes (gloo): the generator and discriminator steps keep the ranks' weights
+    equal."""
     import os
     import socket
     import subprocess
@@ -311,6 +313,9 @@ def test_gan_step_under_ddp_two_processes_gloo(tmp_path):
             s.bind(("127.0.0.1", 0))
             return s.getsockname()[1]
 
+    from test_paper_zhang2023 import _fake_celebamask
+
+    _fake_celebamask(tmp_path / "celeba", n=20)
     script = tmp_path / "ddp.py"
     script.write_text(textwrap.dedent(f'''
         import os
@@ -322,12 +327,10 @@ def test_gan_step_under_ddp_two_processes_gloo(tmp_path):
         from cdlib.train import train
         rank = int(os.environ["RANK"])
         torch.manual_seed(rank)  # different initial weights: DDP must broadcast rank 0's
-        model = registry.create_model("zhang2023", "laptop", **{TINY!r})
-        g = torch.Generator().manual_seed(0)
-        data = [{{"image": torch.rand(3, {S}, {S}, generator=g)}} for _ in range(8)]
-        cfg = make_config("zhang2023", "laptop", image_size={S}, batch_size=2, steps=2, ckpt_every=2, log_every=1,
-                          num_train=8, device="cpu")
-        res = train(model, cfg, out={str(tmp_path)!r} + "/ddp.pt", dataset=data, progress=False)
+        model = registry.create_model("zhang2023", "paper", **{TINY!r})
+        cfg = make_config("zhang2023", "paper", image_size={S}, batch_size=2, steps=2, ckpt_every=2, log_every=1,
+                          num_workers=0, device="cpu", data_path={str(tmp_path / "celeba")!r})
+        res = train(model, cfg, out={str(tmp_path)!r} + "/ddp.pt", progress=False)
         torch.save({{"state_dict": model.state_dict(), "metrics": res["metrics"]}},
                    {str(tmp_path)!r} + f"/rank{{rank}}.pt")
     '''))

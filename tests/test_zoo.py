@@ -230,3 +230,15 @@ def test_an_entry_trained_from_a_base_stores_only_what_differs(dirs):
         f.write(b"x")
     with pytest.raises(ValueError, match="does not match the manifest"):
         zoo.load("toy-child")
+
+
+def test_recipes_that_differ_only_in_init_from_load_their_own_entry(dirs):
+    """Two zoo entries with the same config but for init_from (e.g. analysis networks of two rate points):
+    the caller's recipe id decides which one loads, not the manifest's order."""
+    ckpt = trained_ckpt(dirs.root / "run.pt")
+    zoo.add_entry(ckpt, "toy-a", metrics={"n": 1.0}, cpu_minutes=0.01)
+    zoo.add_entry(ckpt, "toy-b", metrics={"n": 2.0}, cpu_minutes=0.01)
+    _, info = zoo.load_or_train(TOY, "laptop", progress=False, prefer="toy-b")
+    assert info["entry_id"] == "toy-b"
+    _, info = zoo.load_or_train(TOY, "laptop", progress=False)
+    assert info["entry_id"] == "toy-a"

@@ -198,18 +198,25 @@ def kid(pixel_model, reference, decoded, subset_size: int = 50, seed: int = 0) -
     the pixel baseline: relative numbers, comparable only within this chapter."""
     from torchmetrics.image.kid import KernelInceptionDistance
 
+    import warnings
+
     torch.manual_seed(seed)
     feats = _PooledFeatures(pixel_model)
-    metric = KernelInceptionDistance(feature=feats, subset_size=min(subset_size, len(reference)), normalize=False)
+    with warnings.catch_warnings():  # "will save all extracted features": a few hundred 64-d vectors here
+        warnings.filterwarnings("ignore", message=r".*will save all extracted features", category=UserWarning)
+        metric = KernelInceptionDistance(feature=feats, subset_size=min(subset_size, len(reference)),
+                                         normalize=False)
     metric.update(torch.from_numpy(np.stack(reference)).permute(0, 3, 1, 2), real=True)
     metric.update(torch.from_numpy(np.stack(decoded)).permute(0, 3, 1, 2), real=False)
     m, s = metric.compute()
     return float(m), float(s)
 
 
-def analysis_timing(codec, pixel_model, streams: Sequence[bytes], batch_size: int = 64, repeat: int = 3):
-    """:func:`cdlib.eval.timing.decode_free_timing` for parsing (both paths per stream and batched)."""
+def analysis_timing(codec, pixel_model, streams: Sequence[bytes], batch_size: int = 64, repeat: int = 3,
+                    per_stream_limit: int | None = 32):
+    """:func:`cdlib.eval.timing.decode_free_timing` for parsing: both paths one stream at a time (on the first
+    ``per_stream_limit`` streams, scaled to all) and ``batch_size`` at a time."""
     from ...eval.timing import decode_free_timing
 
     return decode_free_timing(codec, pixel_model.for_task("parsing"), streams, "parsing", batch_size=batch_size,
-                              repeat=repeat)
+                              repeat=repeat, per_stream_limit=per_stream_limit)
