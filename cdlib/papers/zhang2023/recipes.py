@@ -150,3 +150,8 @@ register_spec(f"zhang2023_analysis_{ZHANG_BASE}_joint", "zhang2023_analysis", "l
               {"seed": 0, "steps": JOINT_STEPS, "stage": "joint", "lr": 2e-4,
                "init_from": f"@zhang2023_analysis_{ZHANG_BASE}", "warmup_steps": 0},
               "zhang2023_analysis", base=f"zhang2023_analysis_{ZHANG_BASE}")
+# the fair control of the joint schedule: the separate network trained as many more steps, at the same lr
+register_spec(f"zhang2023_analysis_{ZHANG_BASE}_longer", "zhang2023_analysis", "laptop",
+              {"seed": 0, "steps": JOINT_STEPS, "stage": "separate", "lr": 2e-4,
+               "init_from": f"@zhang2023_analysis_{ZHANG_BASE}", "warmup_steps": 0},
+              "zhang2023_analysis", base=f"zhang2023_analysis_{ZHANG_BASE}")
