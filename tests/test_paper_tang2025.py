@@ -140,8 +140,9 @@ def test_parameter_table_matches_official_counts(paper):
 
 
 def test_laptop_is_small(laptop):
-    n = parameter_table(laptop)["total"]["ours"]
-    assert n < 4e6, n
+    table = parameter_table(laptop)
+    served = table["total"]["ours"] - table["moco_key"]["ours"]  # the key encoder is left out of exports
+    assert served < 3e6 and table["moco_key"]["ours"] < 2e6, table
 
 
 def test_fidelity_table():
@@ -348,8 +349,6 @@ def test_stage_losses_and_frozen_parts(laptop):
         frozen = m.frozen_parts(cfg)
         assert ("re" in frozen) == (stage == "codec") and ("entropy" in frozen) == (stage == "re")
         m.zero_grad(set_to_none=True)
-    with pytest.raises(NotImplementedError, match="point 2"):
-        m.loss_terms(batch, SimpleNamespace(stage="moco"))
     with pytest.raises(ValueError, match="valid values"):
         m.loss_terms(batch, SimpleNamespace(stage="nope"))
 

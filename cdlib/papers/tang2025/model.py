@@ -31,10 +31,11 @@ with warnings.catch_warnings():
     from compressai.models import CompressionModel
 
 from ...losses import bpp_of_likelihoods
-from ...registry import register_model
+from ...registry import Option, register_model
 from .backbone import ProjectionHead, build_backbone
 from .compression import CodecDecoder, CodecEncoder
 from .entropy import EntropyModel
+from .moco import MoCoState, TwoViews, heatmap_boxes, info_nce
 from .re import REModule
 
 # Parameters (millions) of each part of the official model, built from its code (papers.md, paper C).
@@ -43,6 +44,7 @@ OFFICIAL_PARAMS = {"resnet50": 23.8, "re_enc": 1.36, "re_dec": 2.28, "codec_enc"
                    "hyper_enc": 8.13, "hyper_dec": 16.02, "context": 10.71, "param_net": 1.77}
 
 STAGES = ("moco", "re", "joint", "codec")
+_STAGE_CODE = {"moco": 1, "joint": 3}  # MoCoState.ready: the stage whose query the key encoder was synced with
 
 # Every difference from the official code (model only; training and tasks come with their own tables).
 FIDELITY = {
@@ -78,6 +80,43 @@ FIDELITY = {
     "exact decoding": "in compress/decompress the entropy parameters are computed image by image on one "
                       "thread so that decoding is exact whatever the batch size and thread count.",
     "bitstream": "three strings (y anchors, y non-anchors, z) in cdlib's container (header, CRC-32).",
+    "shuffled BN": "the key encoder's batch norm sees the batch shuffled and split into groups of bn_chunk "
+                   "images in every process (official: MoCo's shuffle across GPUs, one group per GPU); the "
+                   "same guard against the positive pair sharing batch statistics, on one device too.",
+    "key encoder across stages": "exports leave out the key encoder and the queue: a stage started from an "
+                                 "exported checkpoint copies the query into the key encoder and starts a "
+                                 "fresh random queue (official stage 3 loads both from stage 2's file).",
+    "ContrastiveCrop boxes": "refreshed when an epoch starts, from the query encoder in eval mode on the "
+                             "uncropped training images; a crop clipped at the image border is smaller, as "
+                             "the official crop.",
+    "joint stage distortion": "L1(f1, f2) with gradients into both the head and the RE module (our "
+                              "reading; the official weights 1 / 0.1 / 0.1 for InfoNCE / RE rate / L1).",
+}
+
+
+# Stage options (``--set name=value``); the paper profile's values are the official ones (papers.md).
+OPTIONS = {
+    "moco_m": Option(0.999, float, help="momentum of MoCo's key encoder (MoCo v2: 0.999)"),
+    "moco_t": Option(0.2, float, help="InfoNCE temperature (MoCo v2: 0.2)"),
+    "ccrop": Option(True, bool, help="ContrastiveCrop: crops centred inside heatmap boxes (False: plain "
+                                     "random-resized crops, the ablation)"),
+    "box_warmup": Option(20, int, help="epochs of plain boxes (the whole image) before the first heatmap boxes"),
+    "box_every": Option(20, int, help="epochs between box refreshes"),
+    "bn_chunk": Option(32, int, help="images per batch-norm group of the key encoder (the batch is shuffled "
+                                     "first; MoCo's shuffled BN)"),
+}
+
+# Training defaults per profile: stage 1 (MoCo v2 + ContrastiveCrop).  Every stage's official settings are
+# in recipes.STAGE_TRAIN; ``--set stage=...`` alone keeps these optimiser values.
+_TRAIN = {
+    "laptop": dict(dataset="shapes", image_size=128, num_classes=10, num_train=4000, batch_size=64, stage="moco",
+                   optimizer="sgd", lr=0.06, momentum=0.9, weight_decay=1e-4, steps=3000, warmup_steps=0,
+                   schedule="cosine", grad_clip=0.0, moco_m=0.99, box_warmup=8, box_every=8, bn_chunk=16),
+    # ContrastiveCrop's MoCo v2 config: SGD lr 0.03 (batch 256), wd 1e-4, cosine, 100 epochs, fp32 here
+    "paper": dict(dataset="imagefolder", image_size=256, num_classes=1000, batch_size=32, stage="moco",
+                  optimizer="sgd", lr=0.03, momentum=0.9, weight_decay=1e-4, epochs=100.0, steps=100 * 5005,
+                  schedule="cosine", grad_clip=0.0, num_workers=8, moco_m=0.999, box_warmup=20, box_every=20,
+                  bn_chunk=32),
 }
 
 
@@ -88,7 +127,7 @@ def _count(module) -> int:
 def parameter_table(model: "Tang2025") -> dict:
     """Parameters per part: ``{part: {"ours": int, "official_M": float | None}}``, parts as in
     :data:`OFFICIAL_PARAMS` plus the ones the official count leaves out (``proj_hidden``, ``re_prior``,
-    ``z_prior``); ``"total"`` at the end."""
+    ``z_prior``, and ``moco_key``, the training-only key encoder); ``"total"`` at the end."""
     e = model.entropy
     ours = {
         "resnet50": _count(model.head) + _count(model.tail) + _count(model.proj.out),
@@ -101,6 +140,7 @@ def parameter_table(model: "Tang2025") -> dict:
         "context": _count(e.context),
         "param_net": _count(e.param_net),
         "proj_hidden": _count(model.proj.hidden),
+        "moco_key": _count(getattr(model, "moco", None)),
         "re_prior": _count(model.re.entropy_bottleneck),
         "z_prior": _count(e.z_prior) - _count(e.h_a) - _count(e.h_s),
     }
@@ -117,13 +157,15 @@ def parameter_table(model: "Tang2025") -> dict:
         "laptop": dict(backbone="basic", widths=(32, 64, 128, 256), blocks=(1, 1, 1, 1), re_dim=32, re_latent=48,
                        re_depths=(1, 1, 2), N=32, M=48, dim=64, heads=2, dim_head=32, mlp_ratio=2, ctx_depth=2,
                        hyper_blocks=1, buckets=7, topk=32, mask_ratio=0.5, drop_path=0.1,
-                       filter_size=(24, 13), proj_dim=64, proj_hidden=256),
+                       filter_size=(24, 13), proj_dim=64, proj_hidden=256, queue=4096),
         # the official shapes: f1 256x64x64, RE latent 192x8x8, y 192x16x16, z 192x4x4 at 256 px
         "paper": dict(backbone="resnet50", widths=(64, 128, 256, 512), blocks=(3, 4, 6, 3), re_dim=128,
                       re_latent=192, re_depths=(1, 1, 2), N=128, M=192, dim=384, heads=6, dim_head=64, mlp_ratio=4,
                       ctx_depth=6, hyper_blocks=1, buckets=7, topk=32, mask_ratio=0.5, drop_path=0.5,
-                      filter_size=(24, 13), proj_dim=128, proj_hidden=2048),
+                      filter_size=(24, 13), proj_dim=128, proj_hidden=2048, queue=65536),
     },
+    options=OPTIONS,
+    train=_TRAIN,
     size_multiple=64,  # f1 at 1/4, y at 1/16, z at 1/64
 )
 class Tang2025(CompressionModel):
@@ -137,11 +179,12 @@ class Tang2025(CompressionModel):
     ``decompress(strings, shape)`` -> ``{"features": f3}`` (no pixel decoder exists)."""
 
     downsampling_factor = 64
+    serving_drop = ("moco",)  # training-only state of stages 1 and 3
 
     def __init__(self, backbone="resnet50", widths=(64, 128, 256, 512), blocks=(3, 4, 6, 3), re_dim=128,
                  re_latent=192, re_depths=(1, 1, 2), N=128, M=192, dim=384, heads=6, dim_head=64, mlp_ratio=4,
                  ctx_depth=6, hyper_blocks=1, buckets=7, topk=32, mask_ratio=0.5, drop_path=0.5,
-                 filter_size=(24, 13), proj_dim=128, proj_hidden=2048):
+                 filter_size=(24, 13), proj_dim=128, proj_hidden=2048, queue=65536):
         super().__init__()
         self.head, self.tail = build_backbone(backbone, widths, blocks)
         c1 = self.head.out_channels
@@ -152,6 +195,8 @@ class Tang2025(CompressionModel):
         self.g_s = CodecDecoder(c1, N, M, drop_path, fs)
         self.entropy = EntropyModel(M, dim, heads, dim_head, mlp_ratio, ctx_depth, hyper_blocks, buckets, topk,
                                     mask_ratio)
+        # stages 1 and 3 only (MoCo's key encoder, queue, ContrastiveCrop boxes); left out of exports
+        self.moco = MoCoState(self._query_parts(), proj_dim, queue)
 
     def _check_input(self, x):
         s = self.downsampling_factor
@@ -195,29 +240,129 @@ class Tang2025(CompressionModel):
         """``{"features": f3}`` (B, C1, 16 h_z, 16 w_z): the decoded stride-4 features."""
         return {"features": self.g_s(self.decode_latent(strings, shape))}
 
-    # -- training protocol (cdlib.train): stages "re" and "codec"; "moco" and "joint" come with point 2 ------
+    # -- training protocol (cdlib.train): the four stages --------------------------------------------------
     @staticmethod
     def _stage(cfg) -> str:
         stage = getattr(cfg, "stage", "") or "codec"
         if stage not in STAGES:
             raise ValueError(f"bad value {stage!r} for 'stage' of tang2025; valid values: {', '.join(STAGES)}")
-        if stage in ("moco", "joint"):
-            raise NotImplementedError(f"tang2025 stage {stage!r} (MoCo v2 + ContrastiveCrop) is not implemented "
-                                      "yet (issue 12, point 2); stages 're' and 'codec' are")
         return stage
 
+    def _query_parts(self) -> dict:
+        return {"head": self.head, "re": self.re, "tail": self.tail, "proj": self.proj}
+
+    @staticmethod
+    def _embed(parts, x: torch.Tensor, with_re: bool) -> dict:
+        """MoCo's encoder: head (-> RE module in stage 3) -> tail -> pool -> projection."""
+        f1 = parts["head"](x)
+        out = {"f1": f1}
+        f = f1
+        if with_re:
+            out.update(parts["re"](f1))
+            f = out["f2"]
+        feat = parts["tail"].pool(parts["tail"](f))
+        out["embedding"] = parts["proj"](feat)
+        return out
+
     def frozen_parts(self, cfg) -> list:
-        """Stage 2 ("re"): only the RE module trains; stage 4 ("codec"): only g_a, g_s and the entropy model."""
-        if self._stage(cfg) == "re":
-            return ["head", "tail", "proj", "g_a", "g_s", "entropy"]
-        return ["head", "tail", "proj", "re"]
+        """Stage 1 ("moco"): head, tail and projection train; 2 ("re"): the RE module; 3 ("joint"): head, RE,
+        tail, projection; 4 ("codec"): g_a, g_s and the entropy model.  The key encoder (``moco``) never
+        trains by gradient: it follows the query as a moving average in stages 1 and 3."""
+        return {"moco": ["re", "g_a", "g_s", "entropy"],
+                "re": ["head", "tail", "proj", "g_a", "g_s", "entropy", "moco"],
+                "joint": ["g_a", "g_s", "entropy"],
+                "codec": ["head", "tail", "proj", "re", "moco"]}[self._stage(cfg)]
+
+    def wrap_train_dataset(self, dataset, cfg):
+        """Stages 1 and 3: two MoCo v2 views per image with ContrastiveCrop (boxes kept in ``self.moco``)."""
+        if self._stage(cfg) not in _STAGE_CODE:
+            return dataset
+        o = cfg.model_options
+        return TwoViews(dataset, self.moco, lambda data: self.crop_boxes(data, self._stage(cfg) == "joint"),
+                        seed=cfg.seed, size=cfg.image_size, ccrop=o["ccrop"], box_warmup=o["box_warmup"],
+                        box_every=o["box_every"])
+
+    @torch.no_grad()
+    def crop_boxes(self, dataset, with_re: bool = False, batch_size: int = 64) -> torch.Tensor:
+        """ContrastiveCrop's boxes (N, 4) of every image of ``dataset`` from the query encoder in eval mode
+        (layer4 map, :func:`~cdlib.papers.tang2025.moco.heatmap_boxes`); under torch.distributed each
+        process computes a share and the shares are gathered."""
+        import torch.distributed as dist
+
+        from ...progress import progress_bar
+
+        world, rank = (dist.get_world_size(), dist.get_rank()) if dist.is_available() and dist.is_initialized() \
+            else (1, 0)
+        device = next(self.parameters()).device
+        modes = [(m, m.training) for m in self.modules()]
+        self.eval()
+        try:
+            n = len(dataset)
+            share = -(-n // world)
+            mine = list(range(rank * share, min(n, (rank + 1) * share)))
+            boxes = torch.zeros(share, 4, device=device)
+            bar = progress_bar()(range(0, len(mine), batch_size), desc="ContrastiveCrop boxes", leave=False,
+                                 disable=rank != 0)
+            for s in bar:
+                idx = mine[s: s + batch_size]
+                x = torch.stack([dataset[i]["image"] for i in idx]).to(device)
+                f = self.head(x)
+                if with_re:
+                    f = self.re.filter(f)
+                boxes[s: s + len(idx)] = heatmap_boxes(self.tail(f), x.shape[-2:])
+            if world > 1:
+                parts = [torch.empty_like(boxes) for _ in range(world)]
+                dist.all_gather(parts, boxes)
+                boxes = torch.cat(parts)
+            return boxes[:n].cpu()
+        finally:
+            for m, flag in modes:
+                m.training = flag
+
+    @torch.no_grad()
+    def _keys(self, x: torch.Tensor, with_re: bool, chunk: int) -> torch.Tensor:
+        """Normalised keys of the key encoder; the batch is shuffled and split into groups of ``chunk`` for
+        batch norm, then put back in order (MoCo's shuffled BN, within the process)."""
+        perm = torch.randperm(x.shape[0], device=x.device)
+        xs = x[perm]
+        k = torch.cat([self._embed(self.moco.key, xs[i: i + chunk], with_re)["embedding"]
+                       for i in range(0, xs.shape[0], max(1, chunk))])
+        return F.normalize(k, dim=1)[torch.argsort(perm)]
+
+    def train_step(self, batch: dict, ctx) -> dict:
+        """Stages 1 and 3: sync or momentum-update the key encoder, compute the keys of the second view,
+        the default step on :meth:`loss_terms` (InfoNCE of the first view against key and queue), then
+        enqueue the keys of every process.  Stages 2 and 4: the default step."""
+        stage = self._stage(ctx.cfg)
+        if stage not in _STAGE_CODE:
+            return ctx.default_step(batch)
+        o, parts = ctx.cfg.model_options, self._query_parts()
+        if int(self.moco.ready) != _STAGE_CODE[stage]:
+            self.moco.sync(parts)
+            self.moco.ready.fill_(_STAGE_CODE[stage])
+        else:
+            self.moco.momentum_update(parts, o["moco_m"])
+        keys = self._keys(batch["image2"], stage == "joint", o["bn_chunk"])
+        record = ctx.default_step({**batch, "key": keys})
+        self.moco.enqueue(ctx.all_gather(keys))
+        return record
 
     def loss_terms(self, batch: dict, cfg) -> dict:
-        """"re": {"dist": L1(f1, f2), "rate": RE bpp}; "codec": {"dist": MSE(f2, f3), "rate": bpp of y and z,
-        "feat2", "feat3", "feat4": MSE of the tail's layer outputs on f3 against f2}."""
+        """"moco": {"contrast": InfoNCE}; "re": {"dist": L1(f1, f2), "rate": RE bpp}; "joint": the three;
+        "codec": {"dist": MSE(f2, f3), "rate": bpp of y and z, "feat2", "feat3", "feat4": MSE of the tail's
+        layer outputs on f3 against f2}."""
         x = batch["image"]
         n, _, h, w = x.shape
         stage = self._stage(cfg)
+        if stage in _STAGE_CODE:
+            self._check_input(x)
+            out = self._embed(self._query_parts(), x, stage == "joint")
+            q = F.normalize(out["embedding"], dim=1)
+            terms = {"contrast": info_nce(q, batch["key"], self.moco.queue, cfg.model_options["moco_t"])}
+            if stage == "joint":
+                terms.update(dist=F.l1_loss(out["f2"], out["f1"]),
+                             rate=bpp_of_likelihoods(out["likelihoods"], n * h * w))
+            return terms
         if stage == "re":
             out = self(x, codec=False)
             return {"dist": F.l1_loss(out["f2"], out["f1"]),
@@ -232,9 +377,12 @@ class Tang2025(CompressionModel):
         return terms
 
     def loss_weights(self, cfg) -> dict:
-        """The official weights (papers.md): stage 2: 128 * L1 + 1 * rate; stage 4: 2048 * MSE + 0.08 * rate
-        + 384 / 256 / 192 * MSE of layer2 / 3 / 4 against the tail's outputs on f2 (no gradient), as the
-        official ``main_moco_cf.py``; the rate is bits / (B H W), as there."""
-        if self._stage(cfg) == "re":
-            return {"dist": 128.0, "rate": 1.0}
-        return {"dist": 2048.0, "rate": 0.08, "feat2": 384.0, "feat3": 256.0, "feat4": 192.0}
+        """The official weights (papers.md): stage 1: InfoNCE; stage 2: 128 * L1 + 1 * rate; stage 3: 1 *
+        InfoNCE + 0.1 * rate + 0.1 * L1; stage 4: 2048 * MSE + 0.08 * rate + 384 / 256 / 192 * MSE of layer2 /
+        3 / 4 against the tail's outputs on f2 (no gradient), as the official ``main_moco_cf.py``; rates are
+        bits / (B H W), as there."""
+        return {"moco": {"contrast": 1.0},
+                "re": {"dist": 128.0, "rate": 1.0},
+                "joint": {"contrast": 1.0, "rate": 0.1, "dist": 0.1},
+                "codec": {"dist": 2048.0, "rate": 0.08, "feat2": 384.0, "feat3": 256.0,
+                          "feat4": 192.0}}[self._stage(cfg)]
