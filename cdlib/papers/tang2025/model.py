@@ -44,7 +44,9 @@ OFFICIAL_PARAMS = {"resnet50": 23.8, "re_enc": 1.36, "re_dec": 2.28, "codec_enc"
                    "hyper_enc": 8.13, "hyper_dec": 16.02, "context": 10.71, "param_net": 1.77}
 
 STAGES = ("moco", "re", "joint", "codec")
-_STAGE_CODE = {"moco": 1, "joint": 3}  # MoCoState.ready: the stage whose query the key encoder was synced with
+_STAGE_CODE = {"moco": 1, "joint": 3}
+# stage 4 with train_parts="rate": what a rate point fine-tuned from another keeps (so the zoo stores only the rest)
+RATE_FROZEN = ["g_s", "entropy.latent_codec.hyper.h_s", "entropy.latent_codec.y.context_prediction"]  # MoCoState.ready: the stage whose query the key encoder was synced with
 
 # Every difference from the official code (model only; training and tasks come with their own tables).
 FIDELITY = {
@@ -102,6 +104,10 @@ OPTIONS = {
                                      "random-resized crops, the ablation)"),
     "box_warmup": Option(20, int, help="epochs of plain boxes (the whole image) before the first heatmap boxes"),
     "box_every": Option(20, int, help="epochs between box refreshes"),
+    "train_parts": Option("all", str, choices=("all", "rate"),
+                          help='stage 4: "all" trains g_a, g_s and the entropy model; "rate" (a rate point '
+                               'fine-tuned from another) keeps g_s, the hyper-decoder and the context model '
+                               'and trains g_a, the hyper-encoder, the z prior and the parameter net'),
     "bn_chunk": Option(32, int, help="images per batch-norm group of the key encoder (the batch is shuffled "
                                      "first; MoCo's shuffled BN)"),
 }
@@ -150,20 +156,21 @@ def parameter_table(model: "Tang2025") -> dict:
     return table
 
 
+# ShapesWorld-sized: 128 px (f1 32x32, RE latent 4x4, y 8x8, z 2x2) or 64 px for CI (y 4x4, z 1x1)
+LAPTOP_ARCH = dict(backbone="basic", widths=(32, 64, 128, 256), blocks=(1, 1, 1, 1), re_dim=32, re_latent=48,
+                   re_depths=(1, 1, 2), N=32, M=48, dim=64, heads=2, dim_head=32, mlp_ratio=2, ctx_depth=2,
+                   hyper_blocks=1, buckets=7, topk=32, mask_ratio=0.5, drop_path=0.1, filter_size=(24, 13),
+                   proj_dim=64, proj_hidden=256, queue=4096)
+# the official shapes: f1 256x64x64, RE latent 192x8x8, y 192x16x16, z 192x4x4 at 256 px
+PAPER_ARCH = dict(backbone="resnet50", widths=(64, 128, 256, 512), blocks=(3, 4, 6, 3), re_dim=128, re_latent=192,
+                  re_depths=(1, 1, 2), N=128, M=192, dim=384, heads=6, dim_head=64, mlp_ratio=4, ctx_depth=6,
+                  hyper_blocks=1, buckets=7, topk=32, mask_ratio=0.5, drop_path=0.5, filter_size=(24, 13),
+                  proj_dim=128, proj_hidden=2048, queue=65536)
+
+
 @register_model(
     "tang2025",
-    arch={
-        # ShapesWorld-sized: 128 px (f1 32x32, RE latent 4x4, y 8x8, z 2x2) or 64 px for CI (y 4x4, z 1x1)
-        "laptop": dict(backbone="basic", widths=(32, 64, 128, 256), blocks=(1, 1, 1, 1), re_dim=32, re_latent=48,
-                       re_depths=(1, 1, 2), N=32, M=48, dim=64, heads=2, dim_head=32, mlp_ratio=2, ctx_depth=2,
-                       hyper_blocks=1, buckets=7, topk=32, mask_ratio=0.5, drop_path=0.1,
-                       filter_size=(24, 13), proj_dim=64, proj_hidden=256, queue=4096),
-        # the official shapes: f1 256x64x64, RE latent 192x8x8, y 192x16x16, z 192x4x4 at 256 px
-        "paper": dict(backbone="resnet50", widths=(64, 128, 256, 512), blocks=(3, 4, 6, 3), re_dim=128,
-                      re_latent=192, re_depths=(1, 1, 2), N=128, M=192, dim=384, heads=6, dim_head=64, mlp_ratio=4,
-                      ctx_depth=6, hyper_blocks=1, buckets=7, topk=32, mask_ratio=0.5, drop_path=0.5,
-                      filter_size=(24, 13), proj_dim=128, proj_hidden=2048, queue=65536),
-    },
+    arch={"laptop": LAPTOP_ARCH, "paper": PAPER_ARCH},
     options=OPTIONS,
     train=_TRAIN,
     size_multiple=64,  # f1 at 1/4, y at 1/16, z at 1/64
@@ -266,12 +273,17 @@ class Tang2025(CompressionModel):
 
     def frozen_parts(self, cfg) -> list:
         """Stage 1 ("moco"): head, tail and projection train; 2 ("re"): the RE module; 3 ("joint"): head, RE,
-        tail, projection; 4 ("codec"): g_a, g_s and the entropy model.  The key encoder (``moco``) never
+        tail, projection; 4 ("codec"): g_a, g_s and the entropy model (``train_parts="rate"``: not g_s, the
+        hyper-decoder, the context model).  The key encoder (``moco``) never
         trains by gradient: it follows the query as a moving average in stages 1 and 3."""
-        return {"moco": ["re", "g_a", "g_s", "entropy"],
-                "re": ["head", "tail", "proj", "g_a", "g_s", "entropy", "moco"],
-                "joint": ["g_a", "g_s", "entropy"],
-                "codec": ["head", "tail", "proj", "re", "moco"]}[self._stage(cfg)]
+        stage = self._stage(cfg)
+        parts = {"moco": ["re", "g_a", "g_s", "entropy"],
+                 "re": ["head", "tail", "proj", "g_a", "g_s", "entropy", "moco"],
+                 "joint": ["g_a", "g_s", "entropy"],
+                 "codec": ["head", "tail", "proj", "re", "moco"]}[stage]
+        if stage == "codec" and getattr(cfg, "model_options", {}).get("train_parts", "all") == "rate":
+            parts = parts + RATE_FROZEN
+        return parts
 
     def wrap_train_dataset(self, dataset, cfg):
         """Stages 1 and 3: two MoCo v2 views per image with ContrastiveCrop (boxes kept in ``self.moco``)."""

@@ -17,6 +17,14 @@ from ...zoo import METRIC_FNS, register_spec
 IMAGE_SIZE = 128
 PROBE_TRAIN = 2000
 MOCO_STEPS = 3000
+RE_STEPS, JOINT_STEPS = 600, 600
+CODEC_STEPS, CODEC_FINETUNE_STEPS = 1200, 500
+TASK_STEPS = 1000
+# stage 4's rate weight per rate point (the official one is 0.08 on bits per pixel); q1 the lowest rate.  The
+# base is trained from the joint stage, the others fine-tuned from it with train_parts="rate".
+CODEC_BASE = "q3"
+CODEC_RATE = {"q1": 4.0, "q2": 1.0, "q3": 0.25, "q4": 0.08}
+CODEC_INIT = {"q1": "q2", "q2": CODEC_BASE, "q4": CODEC_BASE}
 
 
 @functools.lru_cache(maxsize=4)
@@ -45,7 +53,68 @@ def probe_metrics(model, cfg=None, where: str | None = None, limit: int | None =
             "probe_train_acc": probe_accuracy(probe, xtr, ytr), "where": where}
 
 
+@torch.no_grad()
+def codec_metrics(model, cfg=None, limit: int | None = None) -> dict:
+    """Real streams of the test scenes: bpp (every byte, header included), the header's share, the likelihood
+    estimate of the same latents, and how far the decoded features f3 are from the clean f2 (MSE, and the
+    MSE relative to f2's variance)."""
+    import numpy as np
+
+    from ...bitstream import bpp
+    from ...losses import bpp_of_likelihoods
+    from .codec import Tang2025Codec
+
+    test = shapes("test", limit or 1000)
+    model = model.eval()
+    model.update(force=True)
+    codec = Tang2025Codec([model], name="tang2025")
+    images = list(test.images)
+    streams = codec.encode_batch(images, 0)
+    feats = torch.stack(codec.decode_batch(streams, batch_size=100))
+    h, w = images[0].shape[:2]
+    x = torch.stack([test[i]["image"] for i in range(len(test))])
+    est, f2 = [], []
+    for i in range(0, len(x), 100):
+        xb = x[i: i + 100]
+        y = model.g_a(model.re.filter(model.head(xb)))
+        est.append(bpp_of_likelihoods(model.entropy(y)["likelihoods"], len(xb) * h * w).item() * len(xb))
+        f2.append(model.re.filter(model.head(xb)))
+    f2 = torch.cat(f2)
+    mse = float(((feats - f2) ** 2).mean())
+    return {"bpp": float(np.mean([bpp(s, h, w) for s in streams])),
+            "bpp_header": float(np.mean([codec.parse(s)[0].size for s in streams])) * 8 / (h * w),
+            "bpp_likelihood": float(sum(est) / len(x)), "feature_mse": mse,
+            "feature_nmse": mse / float(f2.var())}
+
+
+@torch.no_grad()
+def tasks_metrics(model, cfg=None, limit: int | None = None) -> dict:
+    """The heads on clean features (``where``) of the test scenes: probe accuracy (with its standard error),
+    box mAP and mask mAP (torchmetrics, COCO definitions)."""
+    from ...eval import Detection, InstanceSegmentation
+    from .tasks import standard_error
+
+    test = shapes("test", limit or 1000)
+    model = model.eval()
+    logits, dets = [], []
+    for i in range(0, len(test), 50):
+        x = torch.stack([test[j]["image"] for j in range(i, min(len(test), i + 50))])
+        out = model.analyse_features(model.features(x))
+        logits.append(out["logits"])
+        dets += out["detections"]
+    labels = torch.as_tensor(test.labels)
+    acc = float((torch.cat(logits).argmax(1) == labels).float().mean())
+    targets = [test.targets(i) for i in range(len(test))]
+    box = Detection().score(Detection().postprocess(dets), targets)
+    seg = InstanceSegmentation()
+    mask = seg.score(seg.postprocess(dets), targets)
+    return {"probe_acc": acc, "probe_se": standard_error(acc, len(labels)), "box_map": box["map"],
+            "box_map_50": box["map_50"], "mask_map": mask["map"], "mask_map_50": mask["map_50"]}
+
+
 METRIC_FNS["tang2025_probe"] = probe_metrics
+METRIC_FNS["tang2025_codec"] = codec_metrics
+METRIC_FNS["tang2025_tasks"] = tasks_metrics
 
 # Stage 1: MoCo v2 + ContrastiveCrop (the profile's defaults: SGD 0.06, batch 64, 128 px, 3000 steps, boxes
 # after 8 epochs and every 8 epochs)
@@ -54,3 +123,33 @@ register_spec("tang2025_moco", "tang2025", "laptop", {"seed": 0, "stage": "moco"
 # ablation: plain random-resized crops instead of ContrastiveCrop
 register_spec("tang2025_moco_plaincrop", "tang2025", "laptop",
               {"seed": 0, "stage": "moco", "steps": MOCO_STEPS, "ccrop": False}, "tang2025_probe")
+
+# Stage 2: the RE module on the frozen stage-1 backbone (official: Adam 1e-4, 128 * L1 + rate; here 3e-4 for
+# the short run); its file stores the RE module only
+register_spec("tang2025_re", "tang2025", "laptop",
+              {"seed": 0, "stage": "re", "steps": RE_STEPS, "optimizer": "adam", "lr": 3e-4, "warmup_steps": 20,
+               "init_from": "@tang2025_moco"}, "tang2025_probe", base="tang2025_moco")
+# Stage 3: joint MoCo + RE (official: SGD 1e-3, weights 1 / 0.1 / 0.1), from stage 2
+register_spec("tang2025_joint", "tang2025", "laptop",
+              {"seed": 0, "stage": "joint", "steps": JOINT_STEPS, "optimizer": "sgd", "lr": 0.01,
+               "weight_decay": 1e-4, "init_from": "@tang2025_re"}, "tang2025_probe", base="tang2025_re")
+# Stage 4: the codec on the frozen stage-3 network (official: AdamW 1e-4, 2048 MSE + rate + feature terms)
+register_spec(f"tang2025_{CODEC_BASE}", "tang2025", "laptop",
+              {"seed": 0, "stage": "codec", "steps": CODEC_STEPS, "optimizer": "adamw", "lr": 3e-4,
+               "warmup_steps": 20, "loss_weights": {"rate": CODEC_RATE[CODEC_BASE]}, "init_from": "@tang2025_joint"},
+              "tang2025_codec", base="tang2025_joint")
+for _q, _w in CODEC_RATE.items():
+    if _q != CODEC_BASE:
+        register_spec(f"tang2025_{_q}", "tang2025", "laptop",
+                      {"seed": 0, "stage": "codec", "steps": CODEC_FINETUNE_STEPS, "optimizer": "adamw", "lr": 3e-4,
+                       "warmup_steps": 0, "loss_weights": {"rate": _w}, "train_parts": "rate",
+                       "init_from": f"@tang2025_{CODEC_INIT[_q]}"}, "tang2025_codec",
+                      base=f"tang2025_{CODEC_BASE}")
+# The task heads: on the DICM backbone (clean f2 of stage 3) and on the stage-1 backbone (clean f1: the heads
+# behind every pixel codec); each file stores the heads only
+register_spec("tang2025_tasks_dicm", "tang2025_tasks", "laptop",
+              {"seed": 0, "steps": TASK_STEPS, "init_from": "@tang2025_joint"}, "tang2025_tasks",
+              base="tang2025_joint", base_prefix="codec.")
+register_spec("tang2025_tasks_ssl", "tang2025_tasks", "laptop",
+              {"seed": 0, "steps": TASK_STEPS, "init_from": "@tang2025_moco", "arch": {"where": "f1"}},
+              "tang2025_tasks", base="tang2025_moco", base_prefix="codec.")

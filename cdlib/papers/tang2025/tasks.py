@@ -104,3 +104,134 @@ def probe_accuracy(probe: LinearProbe, x: torch.Tensor, y: torch.Tensor) -> floa
 def standard_error(acc: float, n: int) -> float:
     """Binomial standard error of an accuracy over ``n`` test images."""
     return float(np.sqrt(max(acc * (1 - acc), 0.0) / max(n, 1)))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The task heads as one model trained by cdlib.train: linear probe + Mask R-CNN on frozen features
+# ----------------------------------------------------------------------------------------------------------
+from ...registry import Option, register_model  # noqa: E402
+from .detection import FeatureMaskRCNN  # noqa: E402
+from .model import LAPTOP_ARCH, PAPER_ARCH, Tang2025  # noqa: E402
+
+TASKS = ("probe", "detection", "probe+detection")
+
+_LAPTOP_DETECTOR = dict(fpn_channels=64, anchor_sizes=(8, 16, 32, 64, 128), box_hidden=128, mask_channels=64,
+                        rpn_pre_nms_top_n_train=600, rpn_post_nms_top_n_train=300, rpn_pre_nms_top_n_test=300,
+                        rpn_post_nms_top_n_test=100, rpn_batch_size_per_image=128, box_batch_size_per_image=128,
+                        box_detections_per_img=20)
+_TASKS_TRAIN = {
+    "laptop": dict(dataset="shapes", image_size=128, num_classes=10, num_train=4000, batch_size=16, optimizer="adam",
+                   lr=1e-3, steps=1500, warmup_steps=50, schedule="cosine", grad_clip=5.0, tasks="probe+detection"),
+    # paper scale: one run per task (the probe on ImageNet with the official recipe, OFFICIAL_PROBE;
+    # detection on COCO or VOC): set tasks= and the dataset
+    "paper": dict(dataset="imagefolder", image_size=256, num_classes=1000, batch_size=256, optimizer="sgd",
+                  lr=OFFICIAL_PROBE["lr"], momentum=0.9, weight_decay=0.0, epochs=130.0, steps=130 * 5005,
+                  schedule="cosine", grad_clip=0.0, num_workers=8, tasks="probe"),
+}
+
+
+@register_model(
+    "tang2025_tasks",
+    arch={"laptop": dict(codec=LAPTOP_ARCH, where="f2", probe_classes=10, det_classes=10,
+                         detector=_LAPTOP_DETECTOR),
+          "paper": dict(codec=PAPER_ARCH, where="f2", probe_classes=1000, det_classes=80, detector={})},
+    train=_TASKS_TRAIN,
+    options={"tasks": Option("probe+detection", str, choices=TASKS,
+                             help="the heads that train: the linear probe (labels), the Mask R-CNN (boxes, "
+                                  "masks), or both (ShapesWorld has all three)")},
+    size_multiple=64,
+)
+class Tang2025Tasks(nn.Module):
+    """Paper C's task heads on a frozen :class:`~.model.Tang2025` backbone (``self.codec``, initialised from a
+    stage checkpoint with ``init_from=``: its keys are mapped under ``codec.``):
+
+    - ``probe``: the linear probe (batch norm without affine + Linear, MoCo's linear-evaluation form) on the
+      pooled layer4 vector of the frozen tail;
+    - ``detector``: :class:`~.detection.FeatureMaskRCNN` on the same frozen tail + its own FPN and heads.
+
+    Both train on clean features at ``where`` (``f1``: the stage-1 backbone, for the pixel codecs' pipelines;
+    ``f2``: after the RE module, for the DICM streams, whose decoded f3 imitates f2) and are tested on whatever
+    features a pipeline gives them (:meth:`analyse_features`).  Labels: ShapesWorld classes 0..9 (torchvision's
+    detector counts the background as 0 inside; outputs are shifted back)."""
+
+    serving_drop = ("codec.moco",)
+
+    def __init__(self, codec: dict, where="f2", probe_classes=10, det_classes=10, detector: dict | None = None):
+        super().__init__()
+        if where not in ("f1", "f2"):
+            raise ValueError(f"where must be 'f1' or 'f2' (clean features), got {where!r}")
+        self.where = where
+        self.codec = Tang2025(**codec)
+        self.codec.model_name, self.codec.arch, self.codec.profile = "tang2025", dict(codec), "custom"
+        self.downsampling_factor = self.codec.downsampling_factor
+        c1, c4 = self.codec.head.out_channels, self.codec.tail.out_channels
+        self.probe = nn.Sequential(nn.BatchNorm1d(c4, affine=False), nn.Linear(c4, int(probe_classes)))
+        self.detector = FeatureMaskRCNN(self.codec.tail, c1, int(det_classes) + 1, **(detector or {}))
+
+    # -- inference ---------------------------------------------------------------------------------------------
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The clean features the heads train on (``where``) of images ``x``."""
+        return features_at(self.codec, x, self.where)
+
+    def analyse_features(self, f: torch.Tensor, tasks=("classification", "detection")) -> dict:
+        """Task outputs from stride-4 features ``f``: ``{"logits": (B, K), "detections": [per image: boxes,
+        scores, labels (0-based), masks (K, 1, H, W)]}`` (the heads in their current mode; call in eval)."""
+        out = {}
+        if "classification" in tasks:
+            out["logits"] = self.probe(self.codec.tail.pool(self.codec.tail(f)))
+        if "detection" in tasks:
+            dets = self.detector(f)
+            out["detections"] = [{**d, "labels": d["labels"] - 1} for d in dets]
+        return out
+
+    # -- trainer hooks -----------------------------------------------------------------------------------------
+    def frozen_parts(self, cfg) -> list:
+        """The whole backbone and codec; the heads that do not train (``tasks``) too."""
+        tasks = cfg.model_options.get("tasks", "probe+detection")
+        return ["codec"] + (["detector"] if "detection" not in tasks else []) + (
+            ["probe"] if "probe" not in tasks else [])
+
+    def wrap_train_dataset(self, dataset, cfg):
+        """ShapesWorld with its boxes and masks (a copy: the caller's dataset is unchanged)."""
+        import copy
+
+        if "detection" in cfg.model_options.get("tasks", "") and hasattr(dataset, "with_targets"):
+            dataset = copy.copy(dataset)
+            dataset.with_targets = True
+        return dataset
+
+    def loss_terms(self, batch: dict, cfg) -> dict:
+        tasks = cfg.model_options.get("tasks", "probe+detection")
+        with torch.no_grad():
+            f = self.features(batch["image"])
+        terms = {}
+        if "probe" in tasks:
+            terms["probe_ce"] = F.cross_entropy(self.probe(self.codec.tail.pool(self.codec.tail(f))), batch["label"])
+        if "detection" in tasks:
+            targets = [{"boxes": b, "labels": lab + 1, "masks": m}
+                       for b, lab, m in zip(batch["boxes"], batch["labels"], batch["masks"])]
+            terms.update(self.detector(f, targets))
+        return terms
+
+    def loss_weights(self, cfg) -> dict:
+        tasks = cfg.model_options.get("tasks", "probe+detection")
+        w = {"probe_ce": 1.0} if "probe" in tasks else {}
+        if "detection" in tasks:
+            w.update({k: 1.0 for k in ("loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness",
+                                       "loss_rpn_box_reg")})
+        return w
+
+    # a backbone checkpoint (keys without the "codec." prefix) initialises self.codec
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        own = set(self.codec.state_dict())
+        mapped = {(f"codec.{k}" if k in own else k): v for k, v in state_dict.items()}
+        if any(k.startswith("codec.entropy.") for k in mapped):
+            from compressai.models.utils import update_registered_buffers
+
+            for name, module in self.codec.named_modules():
+                names = {"EntropyBottleneck": ["_quantized_cdf", "_offset", "_cdf_length"],
+                         "GaussianConditional": ["_quantized_cdf", "_offset", "_cdf_length", "scale_table"]
+                         }.get(type(module).__name__)
+                if names and any(k.startswith(f"codec.{name}.") for k in mapped):
+                    update_registered_buffers(module, f"codec.{name}", names, mapped)
+        return nn.Module.load_state_dict(self, mapped, strict=strict, assign=assign)
