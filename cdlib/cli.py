@@ -7,9 +7,11 @@ Outputs (``-o``) are never an input of the same command (compared as files: anot
 symlink to the input is the input), never an existing file unless ``--force`` (``train`` resumes the
 training checkpoint it finds there: that is not an overwrite), never an existing folder (give a file
 path; ``analyze -o`` alone names a folder, where it writes ``<stream stem>.json``; ``analyze --json FILE`` and
-``--parsing-png FILE`` name files).  They are written
+``--parsing-png FILE`` / ``--masks-png FILE`` name files).  They are written
 to a temporary file in the same folder and moved into place, so a failure leaves neither a partial
-output nor a temporary file.  ``decompress`` writes the image format of the output's extension.
+output nor a temporary file.  ``decompress`` writes the image format of the output's extension; a codec
+without a pixel decoder (tang2025: its stream decodes to features) writes the feature tensor instead, to a
+``.pt`` (torch) or ``.npy`` (NumPy) file.
 """
 from __future__ import annotations
 
@@ -36,6 +38,8 @@ IMAGE_OUTPUTS = {
     ".tiff": ("TIFF", {}),
     ".ppm": ("PPM", {}),
 }
+# decompress of a feature codec (no pixel decoder): the decoded tensor, as torch or NumPy
+FEATURE_OUTPUTS = (".pt", ".npy")
 
 
 class UserError(Exception):
@@ -312,12 +316,33 @@ def cmd_decompress(a) -> int:
     if not Path(a.input).is_file():
         raise UserError(f"input stream not found: {a.input}")
     out = _check_output(a.output, [a.input, *(a.checkpoint or [])], a.force, example=f"{Path(a.input).stem}.png")
-    fmt, save_args = _image_format(out)
     _, data, name = _read_stream(a.input)
     codec = _codec_for(name, a.checkpoint)
+    if not getattr(codec, "decodes_pixels", True):
+        return _decompress_features(codec, data, out, a.output, name)
+    fmt, save_args = _image_format(out)
     img = codec.decode(data)
     atomic_write(out, lambda f: Image.fromarray(img).save(f, format=fmt, **save_args))
     print(f"{a.output}: {img.shape[1]}x{img.shape[0]} decoded with {name} ({fmt})")
+    return 0
+
+
+def _decompress_features(codec, data: bytes, out: Path, arg: str, name: str) -> int:
+    """A feature codec's decoded tensor to ``out`` (.pt: torch.save; .npy: NumPy)."""
+    import numpy as np
+    import torch
+
+    if out.suffix.lower() not in FEATURE_OUTPUTS:
+        raise UserError(f"-o {arg}: codec {name!r} has no pixel decoder (its stream decodes to features); name a "
+                        f"{' or '.join(FEATURE_OUTPUTS)} file for the decoded feature tensor, e.g. "
+                        f"{out.with_suffix('.pt').name}")
+    feats = codec.decode(data).cpu()
+    if out.suffix.lower() == ".pt":
+        atomic_write(out, lambda f: torch.save(feats, f))
+    else:
+        atomic_write(out, lambda f: np.save(f, feats.numpy()))
+    print(f"{arg}: features {'x'.join(map(str, feats.shape))} decoded with {name} (no pixel decoder: "
+          f"the stream holds features)")
     return 0
 
 
@@ -344,7 +369,7 @@ def cmd_analyze(a) -> int:
         outputs.append(out)
         return out
 
-    target = json_out = png_out = None
+    target = json_out = png_out = masks_out = None
     if a.output:  # a folder: OUTDIR/<stream stem>.json
         if Path(a.output).exists() and not Path(a.output).is_dir():
             raise UserError(f"-o {a.output} is a file: analyze -o names a folder, where it writes "
@@ -357,11 +382,17 @@ def cmd_analyze(a) -> int:
         if png_out.suffix.lower() != ".png":
             raise UserError(f"--parsing-png {a.parsing_png}: the parsing map is written as PNG; name it "
                             f"{png_out.with_suffix('.png').name}")
+    if getattr(a, "masks_png", None):
+        masks_out = output(a.masks_png, f"{path.stem}_masks.png")
+        if masks_out.suffix.lower() != ".png":
+            raise UserError(f"--masks-png {a.masks_png}: the instance masks are written as PNG; name it "
+                            f"{masks_out.with_suffix('.png').name}")
     codec = _codec_for(name, a.checkpoint)
     tasks = [t.strip() for t in a.task.split(",") if t.strip()] if a.task else None
     if a.task is not None and not tasks:
         raise UserError("--task needs a task name (or several, comma-separated)")
-    summary, maps = codec.describe_analysis(data, tasks, images=["parsing"] if png_out else [])
+    wanted = (["parsing"] if png_out else []) + (["masks"] if masks_out else [])
+    summary, maps = codec.describe_analysis(data, tasks, images=wanted)
     header, _ = unpack(data)
     result = {"stream": str(path), "codec": codec.name, "quality": header.quality, "height": header.height,
               "width": header.width, **summary}
@@ -371,6 +402,10 @@ def cmd_analyze(a) -> int:
             img = Image.fromarray(img)
         atomic_write(png_out, lambda f: img.save(f, format="PNG"))
         result["parsing_png"] = str(a.parsing_png)
+    if masks_out is not None:
+        img = maps["masks"]
+        atomic_write(masks_out, lambda f: img.save(f, format="PNG"))
+        result["masks_png"] = str(a.masks_png)
     for out in (target, json_out):
         if out is not None:
             ev.save_json(result, out)
@@ -504,13 +539,14 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("input")
     d.add_argument("-o", "--output", required=True,
                    help=f"the image; its extension sets the format: {', '.join(IMAGE_OUTPUTS)} (JPEG at quality "
-                        f"95, WebP lossless)")
+                        f"95, WebP lossless); a codec without a pixel decoder (tang2025) writes its decoded "
+                        f"features to {' or '.join(FEATURE_OUTPUTS)}")
     d.add_argument("--force", action="store_true", help="overwrite an existing output file")
     d.add_argument("--checkpoint", action="append")
     d.set_defaults(fn=cmd_decompress)
 
     n = sub.add_parser("analyze", help="analyse a stream without decoding pixels (codecs with an analysis "
-                                       "head, e.g. bai2022, zhang2023); prints JSON")
+                                       "head, e.g. bai2022, zhang2023, tang2025); prints JSON")
     n.add_argument("input", metavar="STREAM")
     n.add_argument("--checkpoint", action="append", help="checkpoint(s) of the codec (default: the zoo's)")
     n.add_argument("--task", default=None, help="task(s) to analyse, comma-separated (default: the codec's "
@@ -520,6 +556,8 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--parsing-png", metavar="FILE", help="write the parsing map as an indexed PNG (pixel = label "
                                                          "index, coloured; codecs with a parsing task, e.g. "
                                                          "zhang2023)")
+    n.add_argument("--masks-png", metavar="FILE", help="write the detected instances as an indexed PNG (pixel = "
+                                                       "1 + detection index, 0 = none; tang2025)")
     n.add_argument("--force", action="store_true", help="overwrite existing output files")
     n.set_defaults(fn=cmd_analyze)
 

@@ -300,6 +300,10 @@ def make_config(model: str = "", profile: str = "laptop", **overrides) -> TrainC
     ``model_options`` holds every option the model declares: its default, the profile's value, then
     the overrides' value (strings are parsed to the declared type)."""
     check_profile(profile)
+    if model:
+        from .registry import canonical_name
+
+        model = canonical_name(model)  # an alias (e.g. "dicm") makes the config of the model it names
     options = model_options(model)
     values: dict[str, Any] = {"model": model, "profile": profile}
     opts = {k: o.default for k, o in options.items()}

@@ -61,6 +61,22 @@ class ModelEntry:
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
+_ALIASES: dict[str, str] = {}  # another name of a registered model (a paper's short name): alias -> name
+
+
+def register_alias(alias: str, name: str) -> None:
+    """``alias`` names the registered model ``name`` too (``create_model``, ``make_config``, the CLI); models
+    built through it carry ``name``.  Registering an alias that is a model's name, or another model's alias,
+    is an error."""
+    if alias in _REGISTRY or _ALIASES.get(alias, name) != name:
+        raise ValueError(f"alias {alias!r} is already the name of {_ALIASES.get(alias, alias)!r}")
+    _ALIASES[alias] = name
+
+
+def canonical_name(name: str) -> str:
+    """The registered name behind ``name`` (itself, or the model an alias names)."""
+    _ensure_loaded()
+    return _ALIASES.get(name, name)
 
 
 def _as_options(name: str, options: dict | None) -> dict[str, Option]:
@@ -145,6 +161,7 @@ def list_models() -> list[str]:
 
 def get_entry(name: str) -> ModelEntry:
     _ensure_loaded()
+    name = _ALIASES.get(name, name)
     if name not in _REGISTRY:
         raise KeyError(f"unknown model {name!r}; available models: {', '.join(sorted(_REGISTRY))}")
     return _REGISTRY[name]
@@ -200,7 +217,7 @@ def create_model(name: str, profile: str = "laptop", **overrides):
     entry = get_entry(name)
     arch = model_arch(name, profile, **overrides)
     model = entry.factory(**arch)
-    model.model_name = name
+    model.model_name = entry.name
     model.profile = profile
     model.arch = arch
     return model

@@ -325,10 +325,20 @@ def test_codec_bad_streams_raise_clear_errors(codec):
     assert issubclass(BitstreamError, ValueError)
 
 
-def test_codec_needs_weights():
-    with pytest.raises(ValueError, match="tang2025"):
+def test_codec_needs_weights(tmp_path, monkeypatch):
+    monkeypatch.setenv("CDLIB_ZOO", str(tmp_path / "zoo"))
+    with pytest.raises(ValueError, match="make checkpoints"):
         get_codec("tang2025")
-    assert Tang2025Codec.tasks == ()
+    assert Tang2025Codec.tasks == ("classification", "detection", "instance_segmentation")
+
+
+def test_dicm_is_another_name_of_tang2025(codec, laptop):
+    from cdlib.config import make_config
+
+    assert create_model("dicm", "laptop").model_name == "tang2025"
+    assert make_config("dicm", "laptop").model == "tang2025"
+    c = get_codec("dicm", model=laptop)
+    assert c.name == "tang2025" and isinstance(c, Tang2025Codec)
 
 
 # --------------------------------------------------------------------------- training hooks

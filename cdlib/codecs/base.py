@@ -145,6 +145,14 @@ class Codec(ABC):
 
 
 _CODECS: dict[str, Callable[..., Codec]] = {}
+_CODEC_ALIASES: dict[str, str] = {}  # alias -> codec name (streams carry the codec's own name)
+
+
+def register_codec_alias(alias: str, name: str) -> None:
+    """``get_codec(alias)`` is ``get_codec(name)``; the streams it writes carry ``name``."""
+    if alias in _CODECS or _CODEC_ALIASES.get(alias, name) != name:
+        raise ValueError(f"codec alias {alias!r} is already taken")
+    _CODEC_ALIASES[alias] = name
 
 
 def register_codec(name: str):
@@ -166,6 +174,7 @@ def list_codecs() -> list[str]:
 def get_codec(name: str, **kwargs) -> Codec:
     """Codec by name. Learned codecs take ``checkpoint=`` or ``model=`` keyword arguments."""
     names = list_codecs()
+    name = _CODEC_ALIASES.get(name, name)
     if name not in _CODECS:
         raise ValueError(f"unknown codec {name!r}; available codecs: {', '.join(names)}")
     return _CODECS[name](**kwargs)

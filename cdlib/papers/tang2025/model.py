@@ -31,7 +31,7 @@ with warnings.catch_warnings():
     from compressai.models import CompressionModel
 
 from ...losses import bpp_of_likelihoods
-from ...registry import Option, register_model
+from ...registry import Option, register_alias, register_model
 from .backbone import ProjectionHead, build_backbone
 from .compression import CodecDecoder, CodecEncoder
 from .entropy import EntropyModel
@@ -398,3 +398,6 @@ class Tang2025(CompressionModel):
                 "joint": {"contrast": 1.0, "rate": 0.1, "dist": 0.1},
                 "codec": {"dist": 2048.0, "rate": 0.08, "feat2": 384.0, "feat3": 256.0,
                           "feat4": 192.0}}[self._stage(cfg)]
+
+
+register_alias("dicm", "tang2025")  # the paper's name for its method
