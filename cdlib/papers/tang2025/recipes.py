@@ -17,9 +17,9 @@ from ...zoo import METRIC_FNS, register_spec
 IMAGE_SIZE = 128
 PROBE_TRAIN = 2000
 MOCO_STEPS = 3000
-RE_STEPS, JOINT_STEPS = 600, 600
-CODEC_STEPS, CODEC_FINETUNE_STEPS = 1200, 500
-TASK_STEPS = 1000
+RE_STEPS, JOINT_STEPS = 600, 500
+CODEC_STEPS, CODEC_FINETUNE_STEPS = 1000, 400
+TASK_STEPS = 800
 # stage 4's rate weight per rate point (the official one is 0.08 on bits per pixel); q1 the lowest rate.  The
 # base is trained from the joint stage, the others fine-tuned from it with train_parts="rate".
 CODEC_BASE = "q3"
