@@ -85,3 +85,14 @@ def test_a_backbone_checkpoint_initialises_the_tasks_backbone(tmp_path):
 def test_where_must_be_clean_features():
     with pytest.raises(ValueError, match="f1"):
         _tasks(where="f3")
+
+
+def test_supervised_reference_trains_the_backbone_too():
+    m = _tasks(where="f1")
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    cfg = make_config("tang2025_tasks", "laptop", steps=1, num_train=4, batch_size=4, image_size=64, supervised=True)
+    train(m, cfg, progress=False)
+    after = m.state_dict()
+    changed = {".".join(k.split(".")[:2]) for k in before
+               if before[k].is_floating_point() and not torch.equal(before[k], after[k]) and "running" not in k}
+    assert {"codec.head", "codec.tail", "probe.1"} <= changed and "codec.g_a" not in changed

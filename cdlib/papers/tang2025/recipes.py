@@ -153,3 +153,7 @@ register_spec("tang2025_tasks_dicm", "tang2025_tasks", "laptop",
 register_spec("tang2025_tasks_ssl", "tang2025_tasks", "laptop",
               {"seed": 0, "steps": TASK_STEPS, "init_from": "@tang2025_moco", "arch": {"where": "f1"}},
               "tang2025_tasks", base="tang2025_moco", base_prefix="codec.")
+# The supervised reference: the same backbone and heads trained from scratch on the labels, boxes and masks
+# (the backbone's tail is shared by the probe and the detector, so both tasks shape it)
+register_spec("tang2025_tasks_supervised", "tang2025_tasks", "laptop",
+              {"seed": 0, "steps": TASK_STEPS, "supervised": True, "arch": {"where": "f1"}}, "tang2025_tasks")

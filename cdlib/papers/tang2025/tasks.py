@@ -138,7 +138,10 @@ _TASKS_TRAIN = {
     train=_TASKS_TRAIN,
     options={"tasks": Option("probe+detection", str, choices=TASKS,
                              help="the heads that train: the linear probe (labels), the Mask R-CNN (boxes, "
-                                  "masks), or both (ShapesWorld has all three)")},
+                                  "masks), or both (ShapesWorld has all three)"),
+             "supervised": Option(False, bool,
+                                  help="train the backbone too (head and tail, from scratch or init_from) with the "
+                                       "heads' losses: the supervised reference of the SSL backbone")},
     size_multiple=64,
 )
 class Tang2025Tasks(nn.Module):
@@ -186,9 +189,13 @@ class Tang2025Tasks(nn.Module):
 
     # -- trainer hooks -----------------------------------------------------------------------------------------
     def frozen_parts(self, cfg) -> list:
-        """The whole backbone and codec; the heads that do not train (``tasks``) too."""
+        """The whole backbone and codec (``supervised``: all but the head and the tail); the heads that do not
+        train (``tasks``) too."""
         tasks = cfg.model_options.get("tasks", "probe+detection")
-        return ["codec"] + (["detector"] if "detection" not in tasks else []) + (
+        backbone = ["codec"] if not cfg.model_options.get("supervised") else [
+            f"codec.{p}" for p in ("proj", "re", "g_a", "g_s", "entropy", "moco") if getattr(self.codec, p, None)
+            is not None]
+        return backbone + (["detector"] if "detection" not in tasks else []) + (
             ["probe"] if "probe" not in tasks else [])
 
     def wrap_train_dataset(self, dataset, cfg):
@@ -202,7 +209,7 @@ class Tang2025Tasks(nn.Module):
 
     def loss_terms(self, batch: dict, cfg) -> dict:
         tasks = cfg.model_options.get("tasks", "probe+detection")
-        with torch.no_grad():
+        with torch.set_grad_enabled(bool(cfg.model_options.get("supervised"))):
             f = self.features(batch["image"])
         terms = {}
         if "probe" in tasks:
