@@ -9,7 +9,7 @@ Tasks", IEEE Transactions on Broadcasting, 2025 ("DICM").
   table;
 - ``codec.py``: :class:`Tang2025Codec`, real streams of the compressed features; decoding returns features.
 """
-from . import codec, model, recipes, tasks  # noqa: F401  (registration)
+from . import codec, exercises, model, recipes, tasks  # noqa: F401  (registration)
 from .codec import Tang2025Codec
 from .model import Tang2025
 
