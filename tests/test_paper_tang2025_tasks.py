@@ -74,6 +74,7 @@ def test_a_backbone_checkpoint_initialises_the_tasks_backbone(tmp_path):
 
     seed_everything(3)
     backbone = create_model("tang2025", "laptop", **TINY_CODEC)
+    backbone.moco.resize_boxes(24)  # a stage-1 training checkpoint holds the boxes of its training set
     torch.save({"format": CKPT_FORMAT, "model": "tang2025", "arch": TINY_CODEC, "state_dict": backbone.state_dict()},
                tmp_path / "b.pt")
     m = _tasks()

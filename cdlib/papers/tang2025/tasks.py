@@ -231,7 +231,9 @@ class Tang2025Tasks(nn.Module):
     # a backbone checkpoint (keys without the "codec." prefix) initialises self.codec
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         own = set(self.codec.state_dict())
-        mapped = {(f"codec.{k}" if k in own else k): v for k, v in state_dict.items()}
+        # a stage checkpoint's MoCo state (key encoder, queue, crop boxes of its training set) is training-only
+        # state of that stage, never used here
+        mapped = {(f"codec.{k}" if k in own else k): v for k, v in state_dict.items() if not k.startswith("moco.")}
         if any(k.startswith("codec.entropy.") for k in mapped):
             from compressai.models.utils import update_registered_buffers
 
