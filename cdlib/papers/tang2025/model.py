@@ -113,7 +113,8 @@ OPTIONS = {
 }
 
 # Training defaults per profile: stage 1 (MoCo v2 + ContrastiveCrop).  Every stage's official settings are
-# in recipes.STAGE_TRAIN; ``--set stage=...`` alone keeps these optimiser values.
+# recipes.PAPER_STAGES (what the zoo recipes run on the paper profile); ``--set stage=...`` alone keeps these
+# optimiser values.
 _TRAIN = {
     "laptop": dict(dataset="shapes", image_size=128, num_classes=10, num_train=4000, batch_size=64, stage="moco",
                    optimizer="sgd", lr=0.06, momentum=0.9, weight_decay=1e-4, steps=3000, warmup_steps=0,

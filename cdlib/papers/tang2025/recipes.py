@@ -27,6 +27,21 @@ CODEC_RATE = {"q1": 4.0, "q2": 1.0, "q3": 0.25, "q4": 0.08}
 CODEC_INIT = {"q1": "q2", "q2": CODEC_BASE, "q4": CODEC_BASE}
 
 
+# The official settings of each stage (papers.md, paper C): what these recipes run on the paper profile
+# (``load_recipe(id, profile="paper")``; batch sizes per process, the official totals over 8 GPUs).  Stage 1 is
+# the profile's own (ContrastiveCrop's MoCo v2 config); stage 3's 224-px crops become 256 (the model's
+# stride is 64).
+PAPER_STAGES = {
+    "moco": dict(stage="moco"),
+    "re": dict(stage="re", optimizer="adam", lr=1e-4, weight_decay=0.0, epochs=20.0, batch_size=8,
+               schedule="constant"),
+    "joint": dict(stage="joint", optimizer="sgd", lr=1e-3, momentum=0.9, weight_decay=1e-4, epochs=200.0,
+                  batch_size=32, schedule="cosine"),
+    "codec": dict(stage="codec", optimizer="adamw", lr=1e-4, weight_decay=0.0, epochs=20.0, batch_size=4,
+                  schedule="constant", grad_clip=1.0),
+}
+
+
 @functools.lru_cache(maxsize=4)
 def shapes(split: str, n: int, image_size: int = IMAGE_SIZE):
     """ShapesWorld scenes (data seed 0, no augmentation) with boxes and masks."""
@@ -119,7 +134,7 @@ METRIC_FNS["tang2025_tasks"] = tasks_metrics
 # Stage 1: MoCo v2 + ContrastiveCrop (the profile's defaults: SGD 0.06, batch 64, 128 px, 3000 steps, boxes
 # after 8 epochs and every 8 epochs)
 register_spec("tang2025_moco", "tang2025", "laptop", {"seed": 0, "stage": "moco", "steps": MOCO_STEPS},
-              "tang2025_probe")
+              "tang2025_probe", other_profiles={"seed": 0, **PAPER_STAGES["moco"]})
 # ablation: plain random-resized crops instead of ContrastiveCrop (stored against stage 1: the parts stage 1
 # leaves at their initial values are the same, from the same seed)
 register_spec("tang2025_moco_plaincrop", "tang2025", "laptop",
@@ -130,23 +145,29 @@ register_spec("tang2025_moco_plaincrop", "tang2025", "laptop",
 # the short run); its file stores the RE module only
 register_spec("tang2025_re", "tang2025", "laptop",
               {"seed": 0, "stage": "re", "steps": RE_STEPS, "optimizer": "adam", "lr": 3e-4, "warmup_steps": 20,
-               "init_from": "@tang2025_moco"}, "tang2025_probe", base="tang2025_moco")
+               "init_from": "@tang2025_moco"}, "tang2025_probe", base="tang2025_moco",
+              other_profiles={"seed": 0, **PAPER_STAGES["re"], "init_from": "@tang2025_moco"})
 # Stage 3: joint MoCo + RE (official: SGD 1e-3, weights 1 / 0.1 / 0.1), from stage 2
 register_spec("tang2025_joint", "tang2025", "laptop",
               {"seed": 0, "stage": "joint", "steps": JOINT_STEPS, "optimizer": "sgd", "lr": 0.01,
-               "weight_decay": 1e-4, "init_from": "@tang2025_re"}, "tang2025_probe", base="tang2025_re")
+               "weight_decay": 1e-4, "init_from": "@tang2025_re"}, "tang2025_probe", base="tang2025_re",
+              other_profiles={"seed": 0, **PAPER_STAGES["joint"], "init_from": "@tang2025_re"})
 # Stage 4: the codec on the frozen stage-3 network (official: AdamW 1e-4, 2048 MSE + rate + feature terms)
 register_spec(f"tang2025_{CODEC_BASE}", "tang2025", "laptop",
               {"seed": 0, "stage": "codec", "steps": CODEC_STEPS, "optimizer": "adamw", "lr": 3e-4,
                "warmup_steps": 20, "loss_weights": {"rate": CODEC_RATE[CODEC_BASE]}, "init_from": "@tang2025_joint"},
-              "tang2025_codec", base="tang2025_joint")
+              "tang2025_codec", base="tang2025_joint",
+              other_profiles={"seed": 0, **PAPER_STAGES["codec"], "loss_weights": {"rate": CODEC_RATE[CODEC_BASE]},
+                              "init_from": "@tang2025_joint"})
 for _q, _w in CODEC_RATE.items():
     if _q != CODEC_BASE:
         register_spec(f"tang2025_{_q}", "tang2025", "laptop",
                       {"seed": 0, "stage": "codec", "steps": CODEC_FINETUNE_STEPS, "optimizer": "adamw", "lr": 3e-4,
                        "warmup_steps": 0, "loss_weights": {"rate": _w}, "train_parts": "rate",
                        "init_from": f"@tang2025_{CODEC_INIT[_q]}"}, "tang2025_codec",
-                      base=f"tang2025_{CODEC_BASE}")
+                      base=f"tang2025_{CODEC_BASE}",
+                      other_profiles={"seed": 0, **PAPER_STAGES["codec"], "loss_weights": {"rate": _w},
+                                      "train_parts": "rate", "init_from": f"@tang2025_{CODEC_INIT[_q]}"})
 # The task heads: on the DICM backbone (clean f2 of stage 3) and on the stage-1 backbone (clean f1: the heads
 # behind every pixel codec); each file stores the heads only
 register_spec("tang2025_tasks_dicm", "tang2025_tasks", "laptop",
