@@ -9,21 +9,15 @@ import torch
 from PIL import Image
 
 from cdlib import registry
-from cdlib.checkpoint import atomic_save, training_checkpoint
 from cdlib.cli import main
-from cdlib.config import make_config
 from cdlib.papers.tang2025.model import LAPTOP_ARCH
+from toys import save_model_checkpoint as _save
 
 TINY = dict(widths=(32, 16, 16, 32), re_dim=8, re_latent=8, N=16, M=16, dim=16, heads=2, dim_head=8, ctx_depth=1,
             proj_dim=16, proj_hidden=32, queue=40)
 TINY_DET = dict(fpn_channels=16, anchor_sizes=(8, 16, 32, 64, 128), box_hidden=32, mask_channels=16,
                 rpn_pre_nms_top_n_test=50, rpn_post_nms_top_n_test=20, box_detections_per_img=10,
                 box_score_thresh=0.0)
-
-
-def _save(model, name, path):
-    atomic_save(training_checkpoint(model, make_config(name, "laptop"), 0, {}, {}, None), path)
-    return path
 
 
 @pytest.fixture(scope="module")

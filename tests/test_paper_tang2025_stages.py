@@ -193,14 +193,10 @@ def test_paper_profile_moco_under_ddp_two_processes_gloo(tmp_path):
     """Stage 1 of the paper profile (ResNet-50, ImageFolder data, ContrastiveCrop with a box refresh) with tiny
     images, two processes (gloo): the ranks end with equal weights and queues, the queue holds both ranks'
     keys, and the boxes cover every image."""
-    import os
-    import socket
-    import subprocess
-    import sys
     import textwrap
-    from pathlib import Path
 
     from PIL import Image
+    from toys import run_torchrun
 
     rng = np.random.default_rng(0)
     for c in ("n01", "n02"):
@@ -226,16 +222,7 @@ def test_paper_profile_moco_under_ddp_two_processes_gloo(tmp_path):
         torch.save({{"state_dict": model.state_dict(), "metrics": res["metrics"]}},
                    {str(tmp_path)!r} + f"/rank{{rank}}.pt")
     '''))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(k, None)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
-           "--master_addr=127.0.0.1", f"--master_port={port}", str(script)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run_torchrun(script)
     r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
     r1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
     differ = [k for k, v in r0["state_dict"].items() if not torch.equal(v, r1["state_dict"][k])

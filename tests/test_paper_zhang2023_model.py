@@ -302,18 +302,10 @@ def test_gan_step_under_ddp_two_processes_gloo(tmp_path):
     """The paper profile's code path (its training config, the CelebAMask-HQ loader on a fake tree in the real
     layout), tiny widths, two processes (gloo): the generator and discriminator steps keep the ranks' weights
     equal."""
-    import os
-    import socket
-    import subprocess
-    import sys
     import textwrap
 
-    def free_port():
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            return s.getsockname()[1]
-
     from test_paper_zhang2023 import _fake_celebamask
+    from toys import run_torchrun
 
     _fake_celebamask(tmp_path / "celeba", n=20)
     script = tmp_path / "ddp.py"
@@ -334,13 +326,7 @@ def test_gan_step_under_ddp_two_processes_gloo(tmp_path):
         torch.save({{"state_dict": model.state_dict(), "metrics": res["metrics"]}},
                    {str(tmp_path)!r} + f"/rank{{rank}}.pt")
     '''))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(k, None)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
-           "--master_addr=127.0.0.1", f"--master_port={free_port()}", str(script)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run_torchrun(script, timeout=300)
     r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
     r1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
     for k, v in r0["state_dict"].items():

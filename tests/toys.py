@@ -313,3 +313,35 @@ def unregister_toys(names=(TOY, GAN, MOCO)) -> None:
     for name in names:
         if name in registry._REGISTRY:
             registry.unregister_model(name)
+
+
+# ------------------------------------------------------------------------------------------ shared test helpers
+def run_torchrun(script, nproc: int = 2, timeout: int = 600):
+    """Run ``script`` under ``torch.distributed.run`` with ``nproc`` CPU processes (gloo), one thread each, on a
+    free local port, with this checkout importable; assert that it succeeded (its output tail otherwise)."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(k, None)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", f"--nproc_per_node={nproc}",
+           "--master_addr=127.0.0.1", f"--master_port={port}", str(script)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+def save_model_checkpoint(model, name: str, path):
+    """``model`` as a cdlib training checkpoint of model ``name`` (laptop config, step 0) at ``path``."""
+    from cdlib.checkpoint import atomic_save, training_checkpoint
+    from cdlib.config import make_config
+
+    atomic_save(training_checkpoint(model, make_config(name, "laptop"), 0, {}, {}, None), path)
+    return path
