@@ -18,12 +18,12 @@ IMAGE_SIZE = 128
 PROBE_TRAIN = 2000
 MOCO_STEPS = 3000
 RE_STEPS, JOINT_STEPS = 600, 400
-CODEC_STEPS, CODEC_FINETUNE_STEPS = 600, 250
+CODEC_STEPS, CODEC_FINETUNE_STEPS = 400, 200
 TASK_STEPS = 800
 # stage 4's rate weight per rate point (the official one is 0.08 on bits per pixel); q1 the lowest rate.  The
 # base is trained from the joint stage, the others fine-tuned from it with train_parts="rate".
 CODEC_BASE = "q3"
-CODEC_RATE = {"q1": 4.0, "q2": 1.0, "q3": 0.25, "q4": 0.08}
+CODEC_RATE = {"q1": 8000.0, "q2": 2000.0, "q3": 500.0, "q4": 125.0}
 CODEC_INIT = {"q1": "q2", "q2": CODEC_BASE, "q4": CODEC_BASE}
 
 
