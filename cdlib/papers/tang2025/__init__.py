@@ -11,6 +11,6 @@ Tasks", IEEE Transactions on Broadcasting, 2025 ("DICM").
 """
 from . import codec, exercises, model, recipes, tasks  # noqa: F401  (registration)
 from .codec import Tang2025Codec
-from .model import Tang2025
+from .model import FIDELITY, Tang2025
 
-__all__ = ["Tang2025", "Tang2025Codec"]
+__all__ = ["FIDELITY", "Tang2025", "Tang2025Codec"]

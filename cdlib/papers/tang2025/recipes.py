@@ -17,7 +17,7 @@ from ...zoo import METRIC_FNS, register_spec
 IMAGE_SIZE = 128
 PROBE_TRAIN = 2000
 MOCO_STEPS = 3000
-RE_STEPS, JOINT_STEPS = 600, 400
+RE_STEPS, JOINT_STEPS = 600, 500
 CODEC_STEPS, CODEC_FINETUNE_STEPS = 400, 200
 TASK_STEPS = 800
 # stage 4's rate weight per rate point (the official one is 0.08 on bits per pixel); q1 the lowest rate.  The
