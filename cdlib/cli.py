@@ -470,6 +470,9 @@ def cmd_zoo(a) -> int:
         for e in _manifest_entries(zoo, ("id", "model", "profile", "steps", "cpu_minutes", "metrics")):
             print(f"{e['id']:28s} {e['model']:12s} {e['profile']:7s} steps={e['steps']:<6} "
                   f"cpu_min={e['cpu_minutes']:.1f} {json.dumps(e['metrics'])}")
+        for r in zoo.results():  # trained and measured, weights not shipped (ship=False recipes)
+            print(f"{r['id']:28s} {r['model']:12s} {r['profile']:7s} steps={r['steps']:<6} "
+                  f"cpu_min={r['cpu_minutes']:.1f} {json.dumps(r['metrics'])} (record only, no weights)")
     elif a.action == "verify":
         bad = [e["id"] for e in _manifest_entries(zoo, ("id", "file", "sha256")) if not zoo.verify(e)]
         if bad:

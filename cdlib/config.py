@@ -356,6 +356,12 @@ def upgrade_config_dict(config: dict) -> dict:
     return out
 
 
+def config_from_dict(config: dict) -> TrainConfig:
+    """The :class:`TrainConfig` of a stored config dict (a checkpoint's or a zoo entry's ``config``), upgraded
+    to today's layout (:func:`upgrade_config_dict`) and validated."""
+    return validate(TrainConfig(**upgrade_config_dict(config)))
+
+
 def resolve_device(device: str) -> "torch.device":  # noqa: F821
     import torch
 

@@ -13,6 +13,11 @@ training run (``budget_steps``) whose result is cached for next time.
 
 ``make checkpoints`` (``python -m cdlib zoo build``) runs :func:`build_zoo` over
 :data:`ZOO_SPECS`, registered with :func:`register_spec`.
+
+A recipe registered with ``ship=False`` (the extra seeds of an ablation: their spread is the result, their
+weights would break the size budget) is trained and measured the same way, but only its record is kept: the
+manifest's ``"results"`` list, read with :func:`results` (never by :func:`entries`, :func:`load` or
+:func:`load_or_train`, which serve weights).
 """
 from __future__ import annotations
 
@@ -137,9 +142,12 @@ def _write_manifest(manifest: dict) -> None:
 def entries(model: str | None = None, **filters) -> list[dict]:
     """Manifest entries, filtered by ``model`` and by entry fields (``profile``, ``id``...), training-config
     fields (``lmbda=0.0067``, ``stage="step2"``) or model options (``augment="timm"``)."""
+    return _filtered(load_manifest()["entries"], model, filters)
+
+
+def _filtered(manifest: list[dict], model: str | None, filters: dict) -> list[dict]:
     from .config import upgrade_config_dict, valid_keys
 
-    manifest = load_manifest()["entries"]
     options = {k for e in manifest for k in upgrade_config_dict(e.get("config", {}))["model_options"]}
     known = {"id", "model", "profile", "seed", "steps", "file"} | set(valid_keys()) | options
     unknown = sorted(set(filters) - known)
@@ -154,6 +162,13 @@ def entries(model: str | None = None, **filters) -> list[dict]:
         if all(fields.get(k) == v for k, v in filters.items()):
             out.append(e)
     return out
+
+
+def results(model: str | None = None, **filters) -> list[dict]:
+    """The manifest's weightless records (recipes registered with ``ship=False``): what :func:`entries`
+    returns for shipped weights (config, arch, seed, steps, CPU minutes, metrics), without a file.  Filtered
+    like :func:`entries`."""
+    return _filtered(load_manifest().get("results", []), model, filters)
 
 
 def get_entry(entry_id: str) -> dict:
@@ -314,8 +329,38 @@ def add_entry(ckpt_path: str | Path, entry_id: str, metrics: dict, cpu_minutes: 
             manifest["entries"][ids.index(entry_id)] = entry
         else:
             manifest["entries"].append(entry)
+        if "results" in manifest:  # a recipe now shipped: its weightless record goes
+            manifest["results"] = [r for r in manifest["results"] if r["id"] != entry_id]
         _write_manifest(manifest)
     return entry
+
+
+def add_result(ckpt_path: str | Path, entry_id: str, metrics: dict, cpu_minutes: float,
+               created_by: str | None = None) -> dict:
+    """Add (or replace) the weightless record of a trained recipe (``ship=False``) in the manifest's
+    ``"results"``: the fields of an entry (:func:`add_entry`) without ``file``, ``sha256`` and ``bytes``."""
+    from .checkpoint import read_checkpoint
+
+    if not _ID.match(entry_id):
+        raise ValueError(f"bad zoo entry id {entry_id!r}: use letters, digits, '_', '-', '.'")
+    ckpt = read_checkpoint(ckpt_path)
+    record = {
+        "id": entry_id, "model": ckpt["model"], "profile": ckpt["profile"], "config": ckpt["config"],
+        "arch": ckpt["arch"], "seed": ckpt["config"]["seed"], "steps": ckpt["step"],
+        "cpu_minutes": round(float(cpu_minutes), 2), "metrics": {k: float(v) for k, v in metrics.items()},
+        "created_by": created_by or _command_line(ckpt["model"], ckpt["profile"], ckpt["config"], ckpt["arch"],
+                                                  f"{entry_id}.pt"),
+    }
+    record = json.loads(json.dumps(record, default=str).replace(json.dumps(str(Path.home()))[1:-1] + "/", "~/"))
+    with _ManifestLock():
+        manifest = load_manifest()
+        manifest["format"] = MANIFEST_FORMAT
+        if any(e["id"] == entry_id for e in manifest["entries"]):
+            raise ValueError(f"{entry_id!r} is a zoo entry with weights; a weightless record cannot replace it")
+        kept = [r for r in manifest.get("results", []) if r["id"] != entry_id]
+        manifest["results"] = kept + [record]
+        _write_manifest(manifest)
+    return record
 
 
 def _set_metrics(entry_id: str, metrics: dict, evals: list | None = None) -> None:
@@ -480,7 +525,7 @@ def specs() -> list[dict]:
 
 def register_spec(entry_id: str, model: str, profile: str, overrides: dict | None = None,
                   eval_fn_name: str | None = None, other_profiles: dict | None = None, eval_every: int = 0,
-                  base: str | None = None, base_prefix: str = "") -> dict:
+                  base: str | None = None, base_prefix: str = "", ship: bool = True) -> dict:
     """Add a zoo recipe.  ``overrides``: training-config values (an ``"arch"`` key holds architecture
     overrides); ``eval_fn_name``: key of :data:`METRIC_FNS` computing the entry's metrics
     (``None``: the final training loss terms).  ``other_profiles``: the overrides that carry over when
@@ -488,7 +533,8 @@ def register_spec(entry_id: str, model: str, profile: str, overrides: dict | Non
     own step count applies).  ``eval_every``: also measure the metrics every that many steps during
     training (recorded as the entry's ``evals``: quality against training steps).  ``base``: the entry whose
     weights this one shares (it was fine-tuned from it with parts frozen): its file stores only the rest
-    (:func:`add_entry`)."""
+    (:func:`add_entry`).  ``ship=False``: the build keeps only the record (metrics, CPU minutes), not the weights
+    (:func:`add_result`, read with :func:`results`)."""
     if not _ID.match(entry_id):
         raise ValueError(f"bad zoo entry id {entry_id!r}: use letters, digits, '_', '-', '.'")
     overrides = dict(overrides or {})
@@ -496,7 +542,9 @@ def register_spec(entry_id: str, model: str, profile: str, overrides: dict | Non
         other_profiles = {k: v for k, v in overrides.items() if k != "steps"}
     spec = {"id": entry_id, "model": model, "profile": profile, "overrides": overrides,
             "other_profiles": dict(other_profiles), "eval_fn": eval_fn_name, "eval_every": int(eval_every),
-            "base": base, "base_prefix": base_prefix}
+            "base": base, "base_prefix": base_prefix, "ship": bool(ship)}
+    if base and not ship:
+        raise ValueError(f"recipe {entry_id!r}: a weightless record (ship=False) has no file to share a base with")
     for i, s in enumerate(ZOO_SPECS):
         if s["id"] == entry_id:
             ZOO_SPECS[i] = spec
@@ -615,6 +663,9 @@ def build_zoo(ids: list[str] | None = None, jobs: int = 1, workdir: str | Path |
     added = []
     for spec, (ckpt, cpu_minutes) in zip(todo, trained):
         t0 = time.perf_counter()
+        if not spec.get("ship", True):
+            added.append(_add_weightless(spec, ckpt, cpu_minutes, progress, t0))
+            continue
         entry = add_entry(ckpt, spec["id"], metrics={}, cpu_minutes=cpu_minutes, base=spec.get("base"),
                           base_prefix=spec.get("base_prefix", ""))
         if spec["eval_fn"]:  # measured on the exported (served) weights
@@ -634,3 +685,24 @@ def build_zoo(ids: list[str] | None = None, jobs: int = 1, workdir: str | Path |
                   f"eval {time.perf_counter() - t0:.0f}s) {json.dumps(entry['metrics'])}")
         added.append(entry)
     return added
+
+
+def _add_weightless(spec: dict, ckpt: str, cpu_minutes: float, progress: bool, t0: float) -> dict:
+    """Measure a ``ship=False`` recipe on its serving weights (exported as a shipped entry would be, to a
+    temporary file) and keep its record only."""
+    import tempfile
+
+    from .checkpoint import export_checkpoint, load_model, read_checkpoint
+
+    if spec["eval_fn"]:
+        with tempfile.TemporaryDirectory() as tmp:
+            served = export_checkpoint(ckpt, Path(tmp) / f"{spec['id']}.pt", fp16=True)
+            cfg, _ = _spec_config(spec)
+            metrics = METRIC_FNS[spec["eval_fn"]](load_model(served), cfg)
+    else:
+        metrics = read_checkpoint(ckpt)["metrics"]
+    record = add_result(ckpt, spec["id"], metrics, cpu_minutes)
+    if progress:
+        print(f"zoo: {spec['id']} (record only, weights not shipped; {cpu_minutes:.1f} CPU min, "
+              f"eval {time.perf_counter() - t0:.0f}s) {json.dumps(record['metrics'])}")
+    return record

@@ -221,6 +221,34 @@ def test_task_curve_decode_then_classify_and_raw_point():
         ev.task_curve(pipe, images, labels[:5], qualities=[1], progress=False)
 
 
+def test_decode_then_analyse_curves_share_one_decode_per_rate_point():
+    images, labels = _bright()
+
+    class Counting(BitPlaneCodec):
+        encodes = 0
+
+        def encode_batch(self, images, quality):
+            Counting.encodes += 1
+            return super().encode_batch(images, quality)
+
+    def inverted(x):  # a second pixel model that gets every label wrong
+        return -_brightness_classifier(x)
+
+    codec = Counting()
+    curves = ev.decode_then_analyse_curves(codec, {"bright": _brightness_classifier, "inverted": inverted}, images,
+                                           labels, qualities=[1, 8], progress=False)
+    assert Counting.encodes == 2  # one encode per rate point, whatever the number of models
+    assert list(curves) == [f"{codec.label or codec.name} + bright", f"{codec.label or codec.name} + inverted"]
+    one = ev.task_curve(ev.DecodeThenAnalyse(BitPlaneCodec(), _brightness_classifier), images, labels,
+                        qualities=[1, 8], progress=False)
+    first, second = curves.values()
+    assert list(first.columns) == CLASSIFICATION_COLUMNS
+    pd.testing.assert_frame_equal(first.drop(columns=["label"]), one.drop(columns=["label"]))
+    assert second["accuracy"].tolist() == [0.0, 0.0] and second["bpp"].tolist() == first["bpp"].tolist()
+    with pytest.raises(ValueError, match="no models"):
+        ev.decode_then_analyse_curves(codec, {}, images, labels, progress=False)
+
+
 def test_task_curve_wrong_labels_lower_accuracy():
     images, labels = _bright()
     pipe = ev.DecodeThenAnalyse(BitPlaneCodec(), _brightness_classifier)

@@ -145,6 +145,39 @@ def test_build_zoo_from_specs(dirs, monkeypatch):
     assert all(zoo.verify(e) for e in by_id.values())
 
 
+def test_weightless_recipes_keep_their_record_not_their_weights(dirs, monkeypatch):
+    zoo.specs()
+    monkeypatch.setattr(zoo, "ZOO_SPECS", [])
+    seen = []
+
+    def toy_eval(model, cfg):  # measured on the served (fp16-exported) weights, as a shipped entry
+        seen.append(next(model.parameters()).dtype)
+        return {"seed_metric": float(cfg.seed)}
+
+    monkeypatch.setitem(zoo.METRIC_FNS, "toy_eval", toy_eval)
+    zoo.register_spec("toy-s0", TOY, "laptop", {"steps": 3, "seed": 0}, "toy_eval")
+    zoo.register_spec("toy-s1", TOY, "laptop", {"steps": 3, "seed": 1}, "toy_eval", ship=False)
+    with pytest.raises(ValueError, match="no file to share a base"):
+        zoo.register_spec("toy-bad", TOY, "laptop", {"steps": 3}, None, base="toy-s0", ship=False)
+    added = zoo.build_zoo(workdir=dirs.root / "build", progress=False)
+    assert [e["id"] for e in added] == ["toy-s0", "toy-s1"] and seen == [torch.float32] * 2
+    assert [e["id"] for e in zoo.entries()] == ["toy-s0"]  # entries serve weights only
+    (rec,) = zoo.results(model=TOY, seed=1)
+    assert rec["id"] == "toy-s1" and rec["metrics"] == {"seed_metric": 1.0} and rec["steps"] == 3
+    assert rec["cpu_minutes"] >= 0 and "file" not in rec and "sha256" not in rec
+    assert zoo.results(seed=0) == [] and not (dirs.zoo / "toy-s1.pt").exists()
+    with pytest.raises(ValueError, match="unknown zoo entry 'toy-s1'"):
+        zoo.load("toy-s1")
+    # load_or_train never takes a record for weights: the same config trains (and caches) instead
+    _, info = zoo.load_or_train(TOY, "laptop", progress=False, steps=3, seed=1)
+    assert info["source"] == "trained"
+    # shipping it later replaces the record; a record cannot replace a shipped entry
+    zoo.add_entry(dirs.root / "build" / "toy-s1.pt", "toy-s1", metrics={}, cpu_minutes=0.0)
+    assert zoo.results() == [] and {e["id"] for e in zoo.entries()} == {"toy-s0", "toy-s1"}
+    with pytest.raises(ValueError, match="zoo entry with weights"):
+        zoo.add_result(dirs.root / "build" / "toy-s1.pt", "toy-s1", {}, 0.0)
+
+
 def test_build_zoo_records_quality_against_steps_and_keeps_it_across_a_resume(dirs, monkeypatch):
     zoo.specs()
     monkeypatch.setattr(zoo, "ZOO_SPECS", [])
@@ -242,3 +275,14 @@ def test_recipes_that_differ_only_in_init_from_load_their_own_entry(dirs):
     assert info["entry_id"] == "toy-b"
     _, info = zoo.load_or_train(TOY, "laptop", progress=False)
     assert info["entry_id"] == "toy-a"
+
+
+def test_config_from_dict_rebuilds_a_stored_config(dirs):
+    from cdlib.config import config_from_dict
+
+    cfg = make_config(TOY, "laptop", lmbda=0.05, steps=3)
+    assert config_from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    stored = {k: v for k, v in cfg.to_dict().items() if k != "label_smoothing"}  # a field added later
+    assert config_from_dict(stored) == cfg
+    with pytest.raises(ValueError):
+        config_from_dict({**cfg.to_dict(), "steps": 0})

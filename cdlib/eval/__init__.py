@@ -7,7 +7,8 @@
   ``InstanceSegmentation``, ``Parsing``, ``Attributes``; ``get_task``): run a pixel model, score its
   predictions, describe one prediction;
 * :mod:`~cdlib.eval.curves` - ``rd_curve``, ``stream_report`` and rate-task curves of a pipeline
-  (``task_curve`` of ``DecodeThenAnalyse(codec, model)`` or ``DecodeFree(codec)``), ``raw_rgb_point``;
+  (``task_curve`` of ``DecodeThenAnalyse(codec, model)`` or ``DecodeFree(codec)``; several pixel models
+  behind one codec's decodes: ``decode_then_analyse_curves``), ``raw_rgb_point``;
 * :mod:`~cdlib.eval.bd` - ``clean_curve``, ``bd_rate``, ``bd_quality``, ``bd_table``,
   ``min_rate_for_accuracy``, ``saving_vs_raw`` and the information bounds ``info_bound_bits`` / ``info_bound_bpp``;
 * :mod:`~cdlib.eval.timing` - ``decode_free_timing``: decode-free analysis against decode-then-analyse, timed
@@ -33,8 +34,8 @@ from __future__ import annotations
 
 from .bd import (MIN_BD_POINTS, MONOTONE_MODES, bd_quality, bd_rate, bd_table, clean_curve, info_bound_bits,
                  info_bound_bpp, min_rate_for_accuracy, saving_vs_raw)
-from .curves import (TAIL_LIKELIHOOD, DecodeFree, DecodeThenAnalyse, raw_rgb_point, rd_curve, stream_report,
-                     task_curve)
+from .curves import (TAIL_LIKELIHOOD, DecodeFree, DecodeThenAnalyse, decode_then_analyse_curves, raw_rgb_point,
+                     rd_curve, stream_report, task_curve)
 from .io import dumps_json, load_json, results_dir, save_json, time_call
 from .metrics import MS_SSIM_MIN_SIDE, accuracy, bpp_from_bytes, mean_ap, ms_ssim, psnr
 from .timing import decode_free_timing
@@ -48,8 +49,8 @@ __all__ = [
     "Attributes", "Classification", "Detection", "InstanceSegmentation", "Parsing", "Task", "get_task",
     "list_tasks", "register_task",
     # curves and pipelines
-    "TAIL_LIKELIHOOD", "DecodeFree", "DecodeThenAnalyse", "raw_rgb_point", "rd_curve", "stream_report",
-    "task_curve",
+    "TAIL_LIKELIHOOD", "DecodeFree", "DecodeThenAnalyse", "decode_then_analyse_curves", "raw_rgb_point", "rd_curve",
+    "stream_report", "task_curve",
     # BD numbers and bounds
     "MIN_BD_POINTS", "MONOTONE_MODES", "bd_quality", "bd_rate", "bd_table", "clean_curve", "info_bound_bits",
     "info_bound_bpp", "min_rate_for_accuracy", "saving_vs_raw",

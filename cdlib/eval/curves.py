@@ -133,8 +133,10 @@ class DecodeThenAnalyse:
         task = get_task(task)
         return task.predict(self.model, np.stack(self.codec.decode_batch(list(streams))), batch_size)
 
-    def run(self, images: np.ndarray, quality, task: Task, batch_size: int = 256, decode: bool = True) -> dict:
-        """Encode ``images`` at ``quality``, decode, predict: ``{"streams", "preds", "decoded", "timings"}``."""
+    def run(self, images: np.ndarray, quality, task: Task, batch_size: int = 256, decode: bool = True,
+            decode_only: bool = False) -> dict:
+        """Encode ``images`` at ``quality``, decode, predict: ``{"streams", "preds", "decoded", "timings"}``
+        (``decode_only``: no prediction, ``preds`` is None)."""
         if not decode:
             raise ValueError("decode=False: a decode-then-analyse pipeline has to decode the streams")
         streams, decoded = [], []
@@ -143,8 +145,8 @@ class DecodeThenAnalyse:
             streams += s
             decoded += d
         decoded = np.stack(decoded)
-        return {"streams": streams, "preds": task.predict(self.model, decoded, batch_size), "decoded": decoded,
-                "timings": {}}
+        preds = None if decode_only else task.predict(self.model, decoded, batch_size)
+        return {"streams": streams, "preds": preds, "decoded": decoded, "timings": {}}
 
     def __repr__(self) -> str:
         return f"DecodeThenAnalyse({self.codec!r}, {type(self.model).__name__})"
@@ -211,19 +213,49 @@ def task_curve(pipeline, images, targets, task="classification", qualities=None,
     desc = f"{task.name} {pipeline.kind} {codec.name}"
     for q in tqdm(_codec_qualities(codec, qualities), desc=desc, disable=not progress):
         res = pipeline.run(images, q, task, batch_size, decode)
-        streams, decoded = res["streams"], res["decoded"]
-        rows.append({
-            "codec": codec.name,
-            "label": codec.label or codec.name,
-            "quality": q,
-            "bpp": float(np.mean([bpp_from_bytes(s, h, w) for s in streams])),
-            "bpp_payload": float(np.mean([bpp_from_bytes(len(s) - _header_bytes(s), h, w) for s in streams])),
-            **task.score(res["preds"], targets),
-            "psnr": float(np.mean(psnr(images, decoded, 255))) if decoded is not None else math.nan,
-            "n_images": len(images),
-            **res["timings"],
-        })
+        rows.append(_curve_row(codec, codec.label or codec.name, q, images, res["streams"], res["decoded"],
+                               task.score(res["preds"], targets), res["timings"]))
     return pd.DataFrame(rows)
+
+
+def _curve_row(codec, label, quality, images, streams, decoded, scores: dict, timings: dict) -> dict:
+    h, w = images.shape[1:3]
+    return {
+        "codec": codec.name,
+        "label": label,
+        "quality": quality,
+        "bpp": float(np.mean([bpp_from_bytes(s, h, w) for s in streams])),
+        "bpp_payload": float(np.mean([bpp_from_bytes(len(s) - _header_bytes(s), h, w) for s in streams])),
+        **scores,
+        "psnr": float(np.mean(psnr(images, decoded, 255))) if decoded is not None else math.nan,
+        "n_images": len(images),
+        **timings,
+    }
+
+
+def decode_then_analyse_curves(codec, models: dict, images, targets, task="classification", qualities=None,
+                               batch_size: int = 256, progress: bool = True) -> dict:
+    """Rate-task curves of ``codec`` followed by each pixel model of ``models`` (``{name: model}``): one
+    :class:`DecodeThenAnalyse` curve per model, all from one encode and decode per rate point, so every
+    model reads the very same decoded images (and the codec, often the slow part, runs once).
+
+    Returns ``{f"{codec label} + {name}": DataFrame}`` with :func:`task_curve`'s columns; ``label`` is the
+    key."""
+    task = get_task(task)
+    images = _as_image_batch(images)
+    targets = task.check_targets(targets, len(images))
+    if not models:
+        raise ValueError("decode_then_analyse_curves: no models")
+    base = codec.label or codec.name
+    rows = {f"{base} + {name}": [] for name in models}
+    desc = f"{task.name} decode-then-analyse {codec.name} x{len(models)}"
+    for q in tqdm(_codec_qualities(codec, qualities), desc=desc, disable=not progress):
+        res = DecodeThenAnalyse(codec, None).run(images, q, task, batch_size, decode_only=True)
+        for (label, out), model in zip(rows.items(), models.values()):
+            preds = task.predict(model, res["decoded"], batch_size)
+            out.append(_curve_row(codec, label, q, images, res["streams"], res["decoded"],
+                                  task.score(preds, targets), {}))
+    return {label: pd.DataFrame(r) for label, r in rows.items()}
 
 
 def raw_rgb_point(images, targets, model: Callable, batch_size: int = 256, task="classification") -> dict:
