@@ -32,7 +32,7 @@ def load_recipe(entry_id: str, profile: str = "laptop", budget_steps: int | None
 
     ``profile="paper"``: the same recipe on the paper profile (its own step counts; pass ``data_path`` etc.
     in ``extra``), trained for ``budget_steps`` if given.  An ``init_from="@<id>"`` is resolved by loading
-    that recipe first (step 1 before step 2).
+    that recipe first (step 1 before step 2), unless the zoo ships this recipe's entry.
     """
     from . import zoo
 
@@ -45,6 +45,9 @@ def load_recipe(entry_id: str, profile: str = "laptop", budget_steps: int | None
     overrides = dict(spec["overrides"] if profile == spec["profile"] else spec["other_profiles"])
     arch = overrides.pop("arch", None)
     src = overrides.get("init_from", "")
+    if src.startswith("@") and zoo.shipped_recipe_entry(spec, profile, **extra) is not None:
+        src = ""  # shipped: its base is not needed (it may be a weightless record)
+        overrides["init_from"] = ""
     if src.startswith("@"):
         _, info = load_recipe(src[1:], profile, budget_steps, progress, **extra)
         overrides["init_from"] = info["path"]

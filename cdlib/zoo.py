@@ -377,6 +377,36 @@ def _set_metrics(entry_id: str, metrics: dict, evals: list | None = None) -> Non
 # ----------------------------------------------------------------------------------------------------------
 # Load or train (what chapters call)
 # ----------------------------------------------------------------------------------------------------------
+def _matching_entries(model_name: str, profile: str, cfg, full_arch: dict, prefer: str | None) -> list[dict]:
+    """Zoo entries trained with ``cfg`` (up to :data:`MATCH_IGNORED`) and ``full_arch``; ``prefer`` first."""
+    from .registry import upgrade_arch
+
+    want = (_matchable(cfg.to_dict()), _json(full_arch))
+    # a stored arch lacks the keys the model gained since: read it with the values their absence meant
+    found = [e for e in entries(model=model_name, profile=profile)
+             if (_matchable(e["config"]), _json(upgrade_arch(model_name, e["arch"]))) == want]
+    # entries that differ only in what MATCH_IGNORED leaves out (e.g. analysis networks of different rate
+    # points, told apart by their init_from): the caller's recipe id decides
+    found.sort(key=lambda e: e["id"] != prefer)
+    return found
+
+
+def shipped_recipe_entry(spec: dict, profile: str, **extra) -> dict | None:
+    """The zoo entry that holds recipe ``spec`` trained on ``profile`` (with config overrides ``extra``), or
+    None.  ``init_from`` is not compared, so this needs no base: a shipped entry loads without its chain."""
+    from .config import make_config
+
+    if profile != spec["profile"]:
+        return None
+    overrides = {**spec["overrides"], **extra}
+    arch = overrides.pop("arch", None)
+    overrides["init_from"] = ""
+    cfg = make_config(spec["model"], profile, **overrides)
+    found = _matching_entries(spec["model"], profile, cfg, _default_arch(spec["model"], profile, cfg, arch),
+                              spec["id"])
+    return found[0] if found else None
+
+
 def _json(obj: Any) -> Any:
     return json.loads(json.dumps(obj, sort_keys=True, default=str))
 
@@ -423,13 +453,7 @@ def load_or_train(model_name: str, profile: str = "laptop", entry_id: str | None
             raise ValueError(f"zoo entry {entry_id!r} is a {entry['model']!r} model, not {model_name!r}")
         candidates = [entry]
     else:
-        want = (_matchable(cfg.to_dict()), _json(full_arch))
-        # a stored arch lacks the keys the model gained since: read it with the values their absence meant
-        candidates = [e for e in entries(model=model_name, profile=profile)
-                      if (_matchable(e["config"]), _json(upgrade_arch(model_name, e["arch"]))) == want]
-        # entries that differ only in what MATCH_IGNORED leaves out (e.g. analysis networks of different rate
-        # points, told apart by their init_from): the caller's recipe id decides
-        candidates.sort(key=lambda e: e["id"] != prefer)
+        candidates = _matching_entries(model_name, profile, cfg, full_arch, prefer)
     if candidates:
         e = candidates[0]
         model = load(e["id"])

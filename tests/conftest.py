@@ -26,3 +26,11 @@ def toy_models():
         yield names
     finally:
         toys.unregister_toys(names)
+
+
+@pytest.fixture
+def empty_zoo(tmp_path, monkeypatch):
+    """An empty zoo and cache for one test (``$CDLIB_ZOO``, ``$CDLIB_CACHE`` under ``tmp_path``)."""
+    monkeypatch.setenv("CDLIB_ZOO", str(tmp_path / "zoo"))
+    monkeypatch.setenv("CDLIB_CACHE", str(tmp_path / "cache"))
+    return tmp_path

@@ -241,7 +241,7 @@ def test_analyze_bai2022_stream(tmp_path, monkeypatch, capsys):
 
 
 def test_bai2022_default_codec_has_main_rate_points_only(tmp_path, image, capsys):
-    """Without weights the bai2022 codec is the zoo's main rate points (q1..q4), never an ablation that shares
+    """Without weights the bai2022 codec is the zoo's main rate points (q0..q4), never an ablation that shares
     their stage: --quality 6 (once the patchify ablation) is refused, naming the valid rate points."""
     from cdlib import zoo
     from cdlib.codecs import get_codec
@@ -259,7 +259,7 @@ def test_bai2022_default_codec_has_main_rate_points_only(tmp_path, image, capsys
     assert f"0..{len(held) - 1}" in err and all(i in err for i in held) and "patchify" not in err
     assert not stream.exists()
     # an ablation is loaded by name
-    last = get_codec("bai2022", entries=["bai2022_q2_last", "bai2022_q1_last"])
-    assert [m.checkpoint_meta["zoo_id"] for m in last.models] == ["bai2022_q1_last", "bai2022_q2_last"]
+    last = get_codec("bai2022", entries=["bai2022_q2_last", "bai2022_q1"])
+    assert [m.checkpoint_meta["zoo_id"] for m in last.models] == ["bai2022_q1", "bai2022_q2_last"]  # by rate
     with pytest.raises(ValueError, match="hyperprior"):
         get_codec("bai2022", entries=["hyperprior_q1"])

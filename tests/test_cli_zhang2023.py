@@ -42,10 +42,7 @@ def ckpts(tmp_path_factory):
             "other": _save(other, "zhang2023", root / "other.pt")}
 
 
-@pytest.fixture(autouse=True)
-def _empty_zoo(tmp_path, monkeypatch):
-    monkeypatch.setenv("CDLIB_ZOO", str(tmp_path / "zoo"))
-    monkeypatch.setenv("CDLIB_CACHE", str(tmp_path / "cache"))
+pytestmark = pytest.mark.usefixtures("empty_zoo")  # tests/conftest.py
 
 
 @pytest.fixture

@@ -221,11 +221,40 @@ def test_recipe_on_another_profile_keeps_its_identity_not_its_laptop_settings(mo
     assert "steps" not in c1 and "steps" not in c2 and c2["data_path"] == "/data/imagenet"
     assert c2["init_from"] == "/ckpt/1.pt" and c2["lmbda"] == 0.003 and a2 == {"agg_blocks": "last"}
     calls.clear()
-    recipes.load_recipe("bai2022_step1")  # the laptop recipe as the zoo trained it
-    assert calls[0][3]["augment"] == "" and calls[0][3]["amp"] is False
-    from cdlib.papers.bai2022.recipes import BAI_STEP1_STEPS
+    # the laptop recipe as the zoo trained it (the zoo not consulted: as on a checkout without it)
+    monkeypatch.setattr(zoo_mod, "shipped_recipe_entry", lambda *a, **k: None)
+    recipes.load_recipe("bai2022_step1")
+    from cdlib.papers.bai2022.recipes import BAI_STEP1_MORE_STEPS, BAI_STEP1_STEPS
 
-    assert calls[0][3]["steps"] == BAI_STEP1_STEPS
+    (_, _, _, base), (_, _, _, more) = calls  # the first cycle, then the second from it
+    assert base["steps"] == BAI_STEP1_STEPS and more["steps"] == BAI_STEP1_MORE_STEPS
+    assert more["init_from"] == "/ckpt/1.pt" and more["num_train"] == 2 * base["num_train"]
+    assert all(c["augment"] == "" and c["amp"] is False for c in (base, more))
+
+
+def test_a_shipped_recipe_loads_without_its_base(dirs, monkeypatch):
+    """load_recipe takes a shipped entry as it is: its init_from chain (here a weightless record) is not
+    loaded, let alone trained; without the entry the chain is built first."""
+    from cdlib import recipes
+
+    zoo.specs()
+    monkeypatch.setattr(zoo, "ZOO_SPECS", [])
+    zoo.register_spec("toy-base", TOY, "laptop", {"steps": 3}, None, ship=False)
+    zoo.register_spec("toy-child", TOY, "laptop", {"steps": 2, "lmbda": 0.05, "init_from": "@toy-base"}, None)
+    zoo.build_zoo(workdir=dirs.root / "build", progress=False)
+    assert [r["id"] for r in zoo.results()] == ["toy-base"]
+    trained = []
+    real = zoo.load_or_train
+    monkeypatch.setattr(zoo, "load_or_train", lambda *a, **k: trained.append(k) or real(*a, **k))
+    _, info = recipes.load_recipe("toy-child")
+    assert info["source"] == "zoo" and info["entry_id"] == "toy-child" and len(trained) == 1
+    (dirs.zoo / "toy-child.pt").unlink()
+    manifest = zoo.load_manifest()
+    manifest["entries"] = []
+    zoo._write_manifest(manifest)
+    trained.clear()
+    _, info = recipes.load_recipe("toy-child")  # not shipped: the base first, then the child from it
+    assert info["source"] == "trained" and [k["steps"] for k in trained] == [3, 2]
 
 
 def test_an_entry_trained_from_a_base_stores_only_what_differs(dirs):

@@ -12,6 +12,6 @@ AAAI 2022.
 """
 from . import codec, exercises, model, recipes  # noqa: F401  (registration)
 from .codec import Bai2022Codec
-from .model import Bai2022
+from .model import Bai2022, PixelPath
 
-__all__ = ["Bai2022", "Bai2022Codec"]
+__all__ = ["Bai2022", "Bai2022Codec", "PixelPath"]

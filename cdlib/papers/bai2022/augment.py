@@ -2,8 +2,8 @@
 
 The bai2022 model option ``augment`` (``--set augment=...``) picks one; the model's data hooks
 (``wrap_train_dataset``, ``batch_transform``) hand it to the training loop.
-``augment = "timm"``: timm's default training colour jitter (0.4) per image, the laptop zoo's step 2.  The
-official step 2 passes ``color_jitter=None`` to timm (crops and flips only: ``augment = ""``, the paper profile).
+``augment = "timm"``: timm's default training colour jitter (0.4) per image (kept for comparison).  The
+official step 2 passes ``color_jitter=None`` to timm (crops and flips only: ``augment = ""``, both profiles).
 ``augment = "deit"`` is step 1 of Paper A at paper scale (DeiT, Touvron et al. 2021): per image
 RandAugment ``rand-m9-mstd0.5-inc1`` and random erasing (p 0.25, per-pixel noise), per batch mixup
 (alpha 0.8) or cutmix (alpha 1.0) with label smoothing folded into the soft targets.  The pieces are

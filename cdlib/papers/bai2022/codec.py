@@ -72,8 +72,8 @@ def bai2022_codec(**kw) -> Bai2022Codec:
     """``get_codec("bai2022", model=m | models=[...] | checkpoint=p | checkpoints=[...] | entries=[ids])``.
 
     With no weights: the zoo's main rate points (:data:`~cdlib.papers.bai2022.recipes.RATE_POINTS`,
-    q1..q4, those the zoo holds), ordered by rate.  The ablations share their stage and rate points, so they
-    are never picked up by default: load them by name, ``entries=["bai2022_q1_last", ...]``."""
+    q0..q4, those the zoo holds), ordered by rate.  The ablations share their stage and rate points, so they
+    are never picked up by default: load them by name, ``entries=["bai2022_q2_last", ...]``."""
     from .recipes import RATE_POINTS
 
     kw.setdefault("label", "Bai et al. 2022 (ViT on latents)")

@@ -64,7 +64,7 @@ LR_BASE_BATCH = 512  # step 1: lr * batch_size * world_size / 512 (DeiT's linear
 OPTIMS = ("loop", "official")
 
 STAGES = ("step1", "step2")
-AGG_INPUT0 = ("tokens", "tokens+pos")  # the aggregation's input 0: official (before the position embedding), laptop
+AGG_INPUT0 = ("tokens", "tokens+pos")  # the aggregation's input 0: official (before the position embedding), legacy
 PATCH = 16  # pixels per latent position (g_a has four stride-2 convs); also the ViT patch of `patchify`
 
 
@@ -93,7 +93,7 @@ _TRAIN = {
     # ShapesWorld 64x64 (4x4 latent), 10 classes; CPU-sized.
     "laptop": dict(dataset="shapes", image_size=64, num_classes=10, num_train=8000, batch_size=32,
                    optimizer="adam", lr=1e-3, aux_lr=1e-3, steps=3000, warmup_steps=100, schedule="cosine",
-                   lmbda=QUALITIES["q2"][1], stage="step2", grad_clip=1.0, augment="timm"),
+                   lmbda=QUALITIES["q2"][1], stage="step2", grad_clip=1.0, augment=""),
     # Step 2 of the paper: Adam 1e-4 (aux 1e-3), cosine, 5 warm-up epochs of 300, label smoothing 0.1, fp32,
     # random-resized crops and flips only (the official build_transform passes color_jitter=None: augment="").
     # batch_size is per process (the paper: 8 GPUs x 128).  The run counts epochs: the loop turns 300 (5 of
@@ -142,11 +142,10 @@ def check_config(cfg) -> None:
 @register_model(
     "bai2022",
     arch={
-        # the laptop zoo was trained with the position embedding in the aggregation's input 0 (before the
-        # switch existed); the paper profile feeds it the projected tokens alone, as the official code
+        # both profiles feed the aggregation's input 0 the projected tokens alone, as the official code
         "laptop": dict(N=32, M=64, D=64, depth=4, heads=4, num_classes=10, ref_grid=4,
                        agg_blocks=(0, 1, 2, 3), patchify=False, drop_path=0.0, local_hyperprior=True,
-                       agg_input0="tokens+pos"),
+                       agg_input0="tokens"),
         "paper": dict(N=128, M=192, D=384, depth=12, heads=6, num_classes=1000, ref_grid=14,
                       agg_blocks=(0, 1, 2, 3), patchify=False, drop_path=0.1, local_hyperprior=False,
                       agg_input0="tokens"),
@@ -156,7 +155,7 @@ def check_config(cfg) -> None:
     train=_TRAIN,
     options={"augment": Option("", str, choices=AUGMENTS,
                                help='training augmentation: "" crops and flips only (step 2, as the official '
-                                    'code); "timm" + colour jitter 0.4 (the laptop zoo\'s step 2); "deit" + '
+                                    'code); "timm" + colour jitter 0.4 (timm\'s default; compared); "deit" + '
                                     'RandAugment, erasing, mixup/cutmix (step 1, paper scale)'),
              "optim": Option("loop", str, choices=OPTIMS,
                              help='"loop": the training loop\'s optimisers and per-step warm-up + cosine to 0 '
@@ -192,7 +191,7 @@ class Bai2022(CompressionModel):
         agg_input0: what the aggregation's input 0 is: ``"tokens"``, the projected tokens ``Linear(y_hat)``
             *before* the position embedding is added (the official code: ``fusion0(chans_embed(y_hat))``;
             the paper profile), or ``"tokens+pos"``, the block input (tokens plus position embedding) without
-            the cls token: what the laptop zoo was trained with, and what a checkpoint without this key means.
+            the cls token: what a checkpoint stored before the switch existed was trained with.
 
     ``forward(x)`` returns ``{"x_hat", "likelihoods": {"y", "z"}, "logits"}``; ``forward(x, entropy=False)`` is
     the step-1 path (no quantisation, no entropy model, empty likelihoods).  Training stages (``cfg.stage``):
@@ -473,6 +472,18 @@ class Bai2022(CompressionModel):
         logits, _ = self._analyse_and_reconstruct(y_hat, need_image=False)
         return logits
 
+    def classify_pixels(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits (B, num_classes) of images through the step-1 path: ``g_a``, the transformer and the head on
+        the unquantised ``y``; neither the entropy model nor ``g_s`` runs.  This is the classifier that a fair
+        decode-then-classify pipeline puts behind every codec (chapter 3): the same network as Bai's
+        decode-free path, without its codec (:class:`PixelPath`)."""
+        self._check_input(x)
+        if self.patchify:
+            raise ValueError("bai2022 patchify ablation: its transformer reads decoded pixels, there is no "
+                             "step-1 path from y")
+        logits, _ = self._analyse_and_reconstruct(self.g_a(x), need_image=False)
+        return logits
+
     # -- training protocol (cdlib.train) --------------------------------------------------------------------
     @staticmethod
     def _stage(cfg) -> str:
@@ -567,3 +578,21 @@ class Bai2022(CompressionModel):
 
         return batch_transform(cfg.model_options["augment"], cfg.num_classes, cfg.label_smoothing)
 
+
+
+class PixelPath(nn.Module):
+    """A :class:`Bai2022` model seen as a pixel classifier, ``images -> logits`` (:meth:`Bai2022.classify_pixels`):
+    what ``DecodeThenAnalyse(codec, PixelPath(step1))`` runs on every codec's decoded images, so that each
+    pipeline of the comparison ends in the same network.  Images whose sides are not multiples of 32 are
+    padded by edge replication (as the codec pads)."""
+
+    def __init__(self, model: Bai2022):
+        super().__init__()
+        if getattr(model, "patchify", False):
+            raise ValueError("PixelPath needs a model with a step-1 path (not the patchify ablation)")
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from ...images import pad_to
+
+        return self.model.classify_pixels(pad_to(x, self.model.downsampling_factor)[0])
