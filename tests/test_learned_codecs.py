@@ -113,12 +113,17 @@ def test_stream_report_needs_a_learned_codec():
 
 def test_encode_batch_codes_same_size_images_in_one_forward_pass():
     """The batched path exists (the chapters' numbers and speed depend on it): 5 same-size images, one
-    ``compress`` call; images of mixed sizes fall back to one call each.  A hyperprior is encoded one image at
-    a time, as its decoder computes the scales (a batched hyper-synthesis may flip a scale index)."""
+    ``compress`` call; images of mixed sizes fall back to one call each.  The hyperprior computes its scales
+    stream by stream inside ``compress`` (``exact_entropy_parameters``), so it is batched too; CompressAI's own
+    mean-scale hyperprior, whose batched hyper-synthesis may flip a scale index, is encoded one at a time."""
+    from compressai.models import MeanScaleHyperprior
+
     rng = np.random.default_rng(0)
     same = [rng.integers(0, 256, (64, 64, 3), dtype=np.uint8) for _ in range(5)]
-    for name, batched in (("factorized", [5]), ("hyperprior", [1] * 5)):
-        model = create_model(name, "laptop")
+    plain = MeanScaleHyperprior(N=16, M=24)
+    plain.update(force=True)
+    for name, batched in (("factorized", [5]), ("hyperprior", [5]), ("compressai", [1] * 5)):
+        model = plain if name == "compressai" else create_model(name, "laptop")
         codec = LearnedCodec([model], name=name)
         calls = []
         original = model.compress

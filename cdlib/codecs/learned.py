@@ -371,13 +371,15 @@ class LearnedCodec(Codec):
     # -- batches: one forward pass for many same-size images -------------------
     def encode_batch(self, images, quality=None, batch_size: int = 32) -> list[bytes]:
         """Streams of many images; same-size images are encoded ``batch_size`` at a time (one forward pass),
-        except a CompressAI hyperprior decoded by :meth:`_decompress`: one at a time, as the decoder computes
-        its scales."""
+        except by a model with a Gaussian conditional that does not compute its entropy parameters stream by
+        stream (``exact_entropy_parameters``, :mod:`cdlib.exact`): one at a time, as the decoder computes
+        them."""
         imgs = [as_rgb_uint8(im) for im in images]
         if len({im.shape for im in imgs}) != 1:
             return super().encode_batch(imgs, quality)
         q = self.qualities[len(self.qualities) // 2] if quality is None else quality
-        if hasattr(self._model(q), "gaussian_conditional") and type(self)._decompress is LearnedCodec._decompress:
+        model = self._model(q)
+        if hasattr(model, "gaussian_conditional") and not getattr(model, "exact_entropy_parameters", False):
             # the decoder recomputes the scales from z one stream at a time; a batched hyper-synthesis may
             # differ in the last float bits on some CPUs, flip a scale index and make the stream undecodable
             batch_size = 1

@@ -19,6 +19,7 @@ first ``max(agg_blocks)`` blocks.  The CompressAI pieces (``EntropyBottleneck``,
 """
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -36,6 +37,7 @@ with warnings.catch_warnings():
 from timm.layers import trunc_normal_
 from timm.models.vision_transformer import Block
 
+from ...exact import exact_inference, exactly
 from ...losses import bpp_of_likelihoods, classification_loss, rd_metrics
 from ...registry import Option, register_model
 from .augment import AUGMENTS
@@ -204,6 +206,9 @@ class Bai2022(CompressionModel):
     whole model has stride 32, not CompressAI's 64.  The laptop profile sets ``local_hyperprior`` (see
     above): its 64-px training images give a 2x2 ``z``, too small for the paper's kernels to learn an interior.
     """
+
+    #: h_s runs stream by stream in compress/decompress (cdlib.exact): batches encode safely
+    exact_entropy_parameters = True
 
     def __init__(self, N=128, M=192, D=384, depth=12, heads=6, num_classes=1000, ref_grid=14,
                  agg_blocks=(0, 1, 2, 3), patchify=False, drop_path=0.1, mlp_ratio=4.0,
@@ -377,7 +382,10 @@ class Bai2022(CompressionModel):
         return logits, x_hat
 
     def _means_scales(self, z_hat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        scales_hat, means_hat = self.h_s(z_hat).chunk(2, 1)
+        # stream by stream (cdlib.exact) in compress/decompress, so a one-stream decoder gets the encoder's
+        # bits, and in eval, so forward's y_hat is the very y_hat that the streams code; batched in training
+        with contextlib.nullcontext() if self.training else exact_inference():
+            scales_hat, means_hat = exactly(self.h_s, z_hat).chunk(2, 1)
         return scales_hat, means_hat
 
     def diagram_blocks(self) -> list:
@@ -443,7 +451,8 @@ class Bai2022(CompressionModel):
         z = self.h_a(y)
         z_strings = self.entropy_bottleneck.compress(z)
         z_hat = self.entropy_bottleneck.decompress(z_strings, z.size()[-2:])
-        scales_hat, means_hat = self._means_scales(z_hat)
+        with exact_inference():
+            scales_hat, means_hat = self._means_scales(z_hat)
         indexes = self.gaussian_conditional.build_indexes(scales_hat)
         y_strings = self.gaussian_conditional.compress(y, indexes, means=means_hat)
         return {"strings": [y_strings, z_strings], "shape": z.size()[-2:]}
@@ -453,7 +462,8 @@ class Bai2022(CompressionModel):
         if len(strings) != 2:
             raise ValueError(f"bai2022 needs 2 latent strings (y, z), got {len(strings)}")
         z_hat = self.entropy_bottleneck.decompress(strings[1], shape)
-        scales_hat, means_hat = self._means_scales(z_hat)
+        with exact_inference():
+            scales_hat, means_hat = self._means_scales(z_hat)
         indexes = self.gaussian_conditional.build_indexes(scales_hat)
         return self.gaussian_conditional.decompress(strings[0], indexes, z_hat.dtype, means_hat)
 

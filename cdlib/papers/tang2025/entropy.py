@@ -27,16 +27,14 @@ CompressAI's rANS.  Three strings per image: y anchors, y non-anchors, z.
 
 Exact decoding.  The decoder must compute bit-identical Gaussian parameters, or a scale index or a mean
 can differ and the range decoder goes astray.  Float results of a matrix product can depend on the batch
-size and on the number of threads, so inside :func:`exact_inference` (which the model's ``compress`` and
+size and on the number of threads, so inside :func:`cdlib.exact.exact_inference` (which the model's ``compress`` and
 ``decompress`` enter) the parameter path (``h_s``, the context model, the parameter network) runs one image
 at a time on one thread.  Encoder and decoder then agree whatever their batch sizes and thread counts, on
 the same kind of machine (decoding a CPU stream on a GPU is not supported).
 """
 from __future__ import annotations
 
-import contextlib
 import functools
-import threading
 import warnings
 
 import torch
@@ -48,38 +46,9 @@ with warnings.catch_warnings():
     from compressai.latent_codecs import (CheckerboardLatentCodec, GaussianConditionalLatentCodec,
                                           HyperpriorLatentCodec, LatentCodec)
 
+from ...exact import exact_inference, exactly
+
 LOG_SCALE_MIN = -7.0
-
-# --------------------------------------------------------------------------- exact inference
-
-_STATE = threading.local()
-
-
-@contextlib.contextmanager
-def exact_inference():
-    """Within this block the entropy parameters are computed one image at a time on one thread."""
-    prev = getattr(_STATE, "on", False)
-    _STATE.on = True
-    try:
-        yield
-    finally:
-        _STATE.on = prev
-
-
-def _exactly(fn, *tensors, **kw):
-    """``fn(*tensors, **kw)``, or inside :func:`exact_inference` image by image on one thread (fresh,
-    contiguous copies), concatenated."""
-    if not getattr(_STATE, "on", False):
-        return fn(*tensors, **kw)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        outs = [fn(*(t[i:i + 1].clone(memory_format=torch.contiguous_format) for t in tensors), **kw)
-                for i in range(tensors[0].shape[0])]
-    finally:
-        torch.set_num_threads(threads)
-    return torch.cat(outs, 0)
-
 
 # --------------------------------------------------------------------------- transformer pieces
 
@@ -222,7 +191,7 @@ class HyperDecoder(nn.Module):
         self.out_channels = dim
 
     def forward(self, z_hat):
-        return _exactly(self._forward, z_hat)
+        return exactly(self._forward, z_hat)
 
     def _forward(self, z_hat):
         h, w = z_hat.shape[-2:]
@@ -264,7 +233,7 @@ class ContextModel(nn.Module):
         h, w = y_hat.shape[-2:]
         if visible is None:
             visible = checkerboard(h, w, self.anchor_parity, y_hat.device)
-        return _exactly(self._forward, y_hat, visible=visible)
+        return exactly(self._forward, y_hat, visible=visible)
 
     def _forward(self, y_hat, visible):
         h, w = y_hat.shape[-2:]
@@ -285,7 +254,7 @@ class ParameterNet(nn.Module):
                                  nn.Conv2d(dim * mlp_ratio, 2 * M, 1))
 
     def forward(self, x):
-        return _exactly(self._forward, x)
+        return exactly(self._forward, x)
 
     def _forward(self, x):
         means, log_scales = self.net(x).chunk(2, 1)

@@ -31,6 +31,7 @@ bit-exactly.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 
@@ -46,6 +47,7 @@ with warnings.catch_warnings():
     from compressai.models import CompressionModel
     from compressai.models.utils import conv, deconv
 
+from ...exact import exact_inference, exactly
 from ...losses import bpp_of_likelihoods
 from ...registry import Option, register_model
 
@@ -319,6 +321,8 @@ class Zhang2023(CompressionModel):
 
     #: trained, not served: the zoo's files leave the discriminator out (cdlib.checkpoint.export_checkpoint)
     serving_drop = ("discriminator",)
+    #: h_s runs stream by stream in compress/decompress (cdlib.exact): batches encode safely
+    exact_entropy_parameters = True
 
     def __init__(self, N=48, M=64, Nh=32, n_down=3, struct_ch=(64, 32, 16, 8), gen_ch=(128, 64, 32, 16),
                  style_ch=16, style_levels=3, style_dim=16, texture_step=0.25, disc_ch=32, disc_layers=3,
@@ -366,7 +370,10 @@ class Zhang2023(CompressionModel):
                              f"{tuple(x.shape)} (pad first, e.g. cdlib.images.pad_to)")
 
     def _means_scales(self, z_hat):
-        scales_hat, means_hat = self.h_s(z_hat).chunk(2, 1)
+        # stream by stream (cdlib.exact) in compress/decompress, so a one-stream decoder gets the encoder's
+        # bits, and in eval, so forward's y_hat is the very y_hat that the streams code; batched in training
+        with contextlib.nullcontext() if self.training else exact_inference():
+            scales_hat, means_hat = exactly(self.h_s, z_hat).chunk(2, 1)
         return scales_hat, means_hat
 
     def texture_code(self, x, sample: bool = False):
@@ -425,7 +432,8 @@ class Zhang2023(CompressionModel):
         z = self.h_a(y)
         z_strings = self.entropy_bottleneck.compress(z)
         z_hat = self.entropy_bottleneck.decompress(z_strings, z.size()[-2:])
-        scales_hat, means_hat = self._means_scales(z_hat)
+        with exact_inference():
+            scales_hat, means_hat = self._means_scales(z_hat)
         indexes = self.gaussian_conditional.build_indexes(scales_hat)
         y_strings = self.gaussian_conditional.compress(y, indexes, means=means_hat)
         mu, _ = self.style_encoder(x)
@@ -435,7 +443,8 @@ class Zhang2023(CompressionModel):
     def decode_structure(self, strings, shape) -> torch.Tensor:
         """``y_hat`` from ``[y_strings, z_strings]`` and the z grid ``shape``."""
         z_hat = self.entropy_bottleneck.decompress(strings[1], shape)
-        scales_hat, means_hat = self._means_scales(z_hat)
+        with exact_inference():
+            scales_hat, means_hat = self._means_scales(z_hat)
         indexes = self.gaussian_conditional.build_indexes(scales_hat)
         return self.gaussian_conditional.decompress(strings[0], indexes, z_hat.dtype, means_hat)
 
