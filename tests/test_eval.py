@@ -67,7 +67,7 @@ class NoPixelsCodec(AnalysingBitPlaneCodec):
     def decode(self, data):
         raise AssertionError("the pixel decoder ran")
 
-    def decode_batch(self, streams):
+    def decode_batch(self, streams, batch_size=None):
         raise AssertionError("the pixel decoder ran")
 
 
@@ -280,6 +280,20 @@ def test_decode_free_with_decoding_matches_decode_then_classify():
                                   pix[CLASSIFICATION_COLUMNS].drop(columns=["codec", "label"]))
     preds = ev.DecodeFree(NoPixelsCodec()).analyse([NoPixelsCodec().encode(images[0], 2)], "classification")
     assert preds.shape == (1, 2) and int(preds.argmax()) == labels[0]
+
+
+def test_task_curve_keeps_streams_and_predictions_on_request():
+    images, labels = _bright()
+    codec = AnalysingBitPlaneCodec()
+    plain = ev.task_curve(ev.DecodeFree(codec), images, labels, qualities=[1, 4], progress=False)
+    kept = ev.task_curve(ev.DecodeFree(codec), images, labels, qualities=[1, 4], progress=False,
+                         keep_outputs=True)
+    streams, preds = kept.pop("streams"), kept.pop("predictions")
+    pd.testing.assert_frame_equal(kept.drop(columns=["classify_s", "decode_s"]),
+                                  plain.drop(columns=["classify_s", "decode_s"]))
+    for q, s, p in zip([1, 4], streams, preds):
+        assert s == codec.encode_batch(list(images), q)
+        assert torch.equal(torch.as_tensor(p), torch.as_tensor(codec.analyse(s, "classification")))
 
 
 def test_codec_without_analysis_is_refused():

@@ -80,7 +80,9 @@ class Codec(ABC):
     def encode_batch(self, images: Sequence, quality=None) -> list[bytes]:
         return [self.encode(im, quality) for im in images]
 
-    def decode_batch(self, streams: Sequence[bytes]) -> list[np.ndarray]:
+    def decode_batch(self, streams: Sequence[bytes], batch_size: int | None = None) -> list[np.ndarray]:
+        """Images of many streams.  ``batch_size``: a hint, streams per call for a codec that decodes
+        batches (:class:`cdlib.codecs.LearnedCodec`); here they are decoded one at a time."""
         return [self.decode(s) for s in streams]
 
     def roundtrip(self, image, quality=None) -> tuple[np.ndarray, bytes]:

@@ -446,7 +446,9 @@ class _FFmpegCodec(Codec):
                 out.append(np.fromfile(path, dtype=np.uint8).reshape(h, w, 3))
         return out
 
-    def decode_batch(self, streams: Sequence[bytes]) -> list[np.ndarray]:
+    def decode_batch(self, streams: Sequence[bytes], batch_size: int | None = None) -> list[np.ndarray]:
+        """Images of many streams, in chunks of frames across worker processes (``batch_size`` is not
+        used: the chunks are sized by :meth:`_chunks`)."""
         streams = list(streams)
         if not self.batch or len(streams) < 2:
             return [self.decode(s) for s in streams]

@@ -169,16 +169,21 @@ class DecodeFree:
         self.codec.check_task(task.name)
         return task.postprocess(self.codec.analyse(list(streams), task.name))
 
+    #: streams per call when decoding for PSNR: the codecs' analysis batches 64 streams a call, so the two
+    #: timings of :meth:`run` compare like with like
+    decode_batch_size = 64
+
     def run(self, images: np.ndarray, quality, task: Task, batch_size: int = 256, decode: bool = True) -> dict:
         """Encode, analyse the streams (timed as ``task.time_column``) and, when ``decode``, decode them
-        for PSNR (timed as ``decode_s``) after the analysis.  ``batch_size`` is not used: the codec
-        batches its own analysis."""
+        for PSNR (timed as ``decode_s``) after the analysis, :attr:`decode_batch_size` streams a call
+        (pixels may differ from one-stream decoding in the last float bit before rounding).  ``batch_size``
+        is not used: the codec batches its own analysis."""
         self.codec.check_task(task.name)
         streams = self.codec.encode_batch(list(images), quality)
         t0 = time.perf_counter()
         preds = task.postprocess(self.codec.analyse(streams, task.name))
         t1 = time.perf_counter()
-        decoded = np.stack(self.codec.decode_batch(streams)) if decode else None
+        decoded = np.stack(self.codec.decode_batch(streams, batch_size=self.decode_batch_size)) if decode else None
         t2 = time.perf_counter()
         return {"streams": streams, "preds": preds, "decoded": decoded,
                 "timings": {task.time_column: t1 - t0, "decode_s": t2 - t1 if decode else math.nan}}
@@ -188,7 +193,7 @@ class DecodeFree:
 
 
 def task_curve(pipeline, images, targets, task="classification", qualities=None, batch_size: int = 256,
-               progress: bool = True, decode: bool = True) -> pd.DataFrame:
+               progress: bool = True, decode: bool = True, keep_outputs: bool = False) -> pd.DataFrame:
     """Rate-task curve of a pipeline (:class:`DecodeThenAnalyse` or :class:`DecodeFree`), one row per
     rate point of its codec.
 
@@ -198,7 +203,9 @@ def task_curve(pipeline, images, targets, task="classification", qualities=None,
     then ``psnr, n_images``.  A :class:`DecodeFree` pipeline adds the seconds spent analysing all
     streams (``classify_s`` for classification, else ``analyse_s``) and ``decode_s``, the seconds to
     decode them to pixels for comparison; ``decode=False`` skips that decoding (``psnr`` and ``decode_s``
-    are then NaN).
+    are then NaN).  ``keep_outputs``: two more columns, ``streams`` (the list of streams) and
+    ``predictions`` (the task's predictions, as :meth:`Task.score` takes them), one per rate point, for a
+    per-image analysis without encoding again (pop them before saving the frame).
 
     ``images``: uint8 ``(N, H, W, 3)``; ``targets``: as the task expects (class indices for
     classification); ``bpp`` is the mean of ``8 * len(stream) / (H * W)``, ``bpp_payload`` leaves the
@@ -215,6 +222,8 @@ def task_curve(pipeline, images, targets, task="classification", qualities=None,
         res = pipeline.run(images, q, task, batch_size, decode)
         rows.append(_curve_row(codec, codec.label or codec.name, q, images, res["streams"], res["decoded"],
                                task.score(res["preds"], targets), res["timings"]))
+        if keep_outputs:
+            rows[-1].update(streams=res["streams"], predictions=res["preds"])
     return pd.DataFrame(rows)
 
 
