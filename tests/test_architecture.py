@@ -13,7 +13,7 @@ PKG = Path(__file__).resolve().parent.parent / "cdlib"
 
 # Core layers, lowest first (docs/ARCHITECTURE.md).  A module may import modules of its own layer or below.
 LAYERS = [
-    {"registry", "bitstream", "paths", "images", "losses", "progress"},
+    {"registry", "bitstream", "paths", "images", "losses", "exact", "progress"},
     {"config", "checkpoint"},
     {"data", "eval", "plots", "diagrams"},
     {"codecs"},
