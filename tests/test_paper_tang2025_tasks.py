@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -97,3 +98,22 @@ def test_supervised_reference_trains_the_backbone_too():
     changed = {".".join(k.split(".")[:2]) for k in before
                if before[k].is_floating_point() and not torch.equal(before[k], after[k]) and "running" not in k}
     assert {"codec.head", "codec.tail", "probe.1"} <= changed and "codec.g_a" not in changed
+
+
+def test_shared_streams_give_the_measurements_of_fresh_ones():
+    """experiments.encode_all encodes once; stream_report (and decode_free_curve) read the first streams of it
+    and measure what a fresh encoding measures; too few streams are refused."""
+    from cdlib.codecs import get_codec
+    from cdlib.papers.tang2025 import experiments as ex
+
+    seed_everything(0)
+    model = create_model("tang2025", "laptop", **TINY_CODEC).eval()
+    model.update(force=True)
+    codec = get_codec("tang2025", model=model)
+    images = np.random.default_rng(0).integers(0, 256, (5, 64, 64, 3), dtype=np.uint8)
+    shared = ex.encode_all(codec, images)
+    assert set(shared) == set(codec.qualities) and all(len(s) == 5 for s in shared.values())
+    fresh = ex.stream_report(codec, images[:3])
+    pd.testing.assert_frame_equal(ex.stream_report(codec, images[:3], streams=shared), fresh)
+    with pytest.raises(ValueError, match="2 streams at quality"):
+        ex.stream_report(codec, images[:3], streams={q: s[:2] for q, s in shared.items()})

@@ -68,15 +68,33 @@ def _row(codec, quality, kind: str, streams, h: int, w: int, scores: dict, **ext
             "bpp": float(np.mean([bpp_of_stream(s, h, w) for s in streams])), **scores, **extra}
 
 
-def decode_free_curve(codec, heads, images, targets, labels, qualities=None, progress: bool = False) -> pd.DataFrame:
-    """One row per rate point of a tang2025 codec: the scenes' streams decoded to features, the heads on them."""
+def encode_all(codec, images, qualities=None) -> dict:
+    """``{quality: streams of images}`` at every rate point of ``codec`` (or ``qualities``): encode once, then
+    share the streams between measurements (:func:`decode_free_curve`, :func:`stream_report`, ...)."""
+    return {q: codec.encode_batch(list(images), q) for q in (codec.qualities if qualities is None else qualities)}
+
+
+def _streams_of(codec, images, q, streams):
+    """The streams of ``images`` at ``q``: the first ``len(images)`` of ``streams[q]`` when given (streams of
+    these images first, from :func:`encode_all`), else freshly encoded."""
+    if streams is None:
+        return codec.encode_batch(list(images), q)
+    if len(streams[q]) < len(images):
+        raise ValueError(f"{len(streams[q])} streams at quality {q} for {len(images)} images")
+    return list(streams[q][:len(images)])
+
+
+def decode_free_curve(codec, heads, images, targets, labels, qualities=None, progress: bool = False,
+                      streams: dict | None = None) -> pd.DataFrame:
+    """One row per rate point of a tang2025 codec: the scenes' streams decoded to features, the heads on them.
+    ``streams``: :func:`encode_all` of these images (or of more, these first), to reuse."""
     h, w = images.shape[1:3]
     rows = []
     for q in progress_bar()(list(codec.qualities if qualities is None else qualities), desc=codec.name,
                             disable=not progress):
-        streams = codec.encode_batch(list(images), q)
-        feats = codec.decode_batch(streams, batch_size=100)
-        rows.append(_row(codec, q, "decode-free", streams, h, w, score_features(heads, feats, targets, labels)))
+        streams_q = _streams_of(codec, images, q, streams)
+        feats = codec.decode_batch(streams_q, batch_size=100)
+        rows.append(_row(codec, q, "decode-free", streams_q, h, w, score_features(heads, feats, targets, labels)))
     return pd.DataFrame(rows)
 
 
@@ -102,9 +120,10 @@ def clean_point(heads, images, targets, labels, label: str, bpp: float = 24.0) -
 
 
 @torch.no_grad()
-def stream_report(codec, images, qualities=None) -> pd.DataFrame:
+def stream_report(codec, images, qualities=None, streams: dict | None = None) -> pd.DataFrame:
     """Per rate point: the streams' payload bytes (header left out) against the likelihood estimate of the same
-    latents (both summed over the scenes), the header bytes, and bpp."""
+    latents (both summed over the scenes), the header bytes, and bpp.  ``streams``: as in
+    :func:`decode_free_curve`."""
     from ...losses import bpp_of_likelihoods
 
     h, w = images.shape[1:3]
@@ -112,9 +131,9 @@ def stream_report(codec, images, qualities=None) -> pd.DataFrame:
     rows = []
     for q in (codec.qualities if qualities is None else qualities):
         model = codec._model(q)
-        streams = codec.encode_batch(list(images), q)
-        headers = [codec.parse(s)[0].size for s in streams]
-        payload = sum(len(s) for s in streams) - sum(headers)
+        streams_q = _streams_of(codec, images, q, streams)
+        headers = [codec.parse(s)[0].size for s in streams_q]
+        payload = sum(len(s) for s in streams_q) - sum(headers)
         est = 0.0
         for s in range(0, len(x), 100):
             xb = x[s: s + 100]
@@ -122,7 +141,7 @@ def stream_report(codec, images, qualities=None) -> pd.DataFrame:
             est += bpp_of_likelihoods(model.entropy(y)["likelihoods"], 1).item() / 8  # bits -> bytes
         rows.append({"quality": q, "payload_bytes": payload, "estimate_bytes": est,
                      "gap_percent": 100 * (payload - est) / est, "header_bytes": float(np.mean(headers)),
-                     "bpp": float(np.mean([bpp_of_stream(s, h, w) for s in streams]))})
+                     "bpp": float(np.mean([bpp_of_stream(s, h, w) for s in streams_q]))})
     return pd.DataFrame(rows)
 
 
