@@ -19,7 +19,6 @@ first ``max(agg_blocks)`` blocks.  The CompressAI pieces (``EntropyBottleneck``,
 """
 from __future__ import annotations
 
-import contextlib
 import math
 
 import torch
@@ -37,7 +36,7 @@ with warnings.catch_warnings():
 from timm.layers import trunc_normal_
 from timm.models.vision_transformer import Block
 
-from ...exact import exact_inference, exactly
+from ...exact import mean_scale_compress, mean_scale_decompress, mean_scale_params
 from ...losses import bpp_of_likelihoods, classification_loss, rd_metrics
 from ...registry import Option, register_model
 from .augment import AUGMENTS
@@ -382,11 +381,11 @@ class Bai2022(CompressionModel):
         return logits, x_hat
 
     def _means_scales(self, z_hat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        # stream by stream (cdlib.exact) in compress/decompress, so a one-stream decoder gets the encoder's
-        # bits, and in eval, so forward's y_hat is the very y_hat that the streams code; batched in training
-        with contextlib.nullcontext() if self.training else exact_inference():
-            scales_hat, means_hat = exactly(self.h_s, z_hat).chunk(2, 1)
-        return scales_hat, means_hat
+        # outside training stream by stream, as compress/decompress compute them (cdlib.exact): forward's
+        # y_hat is then the very y_hat that the streams code
+        if self.training:
+            return self.h_s(z_hat).chunk(2, 1)
+        return mean_scale_params(self, z_hat)
 
     def diagram_blocks(self) -> list:
         """The stages of the model for :func:`cdlib.diagrams.model_diagram`, read from this instance (layers,
@@ -447,25 +446,14 @@ class Bai2022(CompressionModel):
 
     def compress(self, x: torch.Tensor) -> dict:
         self._check_input(x)
-        y = self.g_a(x)
-        z = self.h_a(y)
-        z_strings = self.entropy_bottleneck.compress(z)
-        z_hat = self.entropy_bottleneck.decompress(z_strings, z.size()[-2:])
-        with exact_inference():
-            scales_hat, means_hat = self._means_scales(z_hat)
-        indexes = self.gaussian_conditional.build_indexes(scales_hat)
-        y_strings = self.gaussian_conditional.compress(y, indexes, means=means_hat)
-        return {"strings": [y_strings, z_strings], "shape": z.size()[-2:]}
+        strings, shape = mean_scale_compress(self, self.g_a(x))
+        return {"strings": strings, "shape": shape}
 
     def decode_latent(self, strings, shape) -> torch.Tensor:
         """Entropy-decode ``y_hat`` from ``[y_strings, z_strings]`` and the z grid ``shape``."""
         if len(strings) != 2:
             raise ValueError(f"bai2022 needs 2 latent strings (y, z), got {len(strings)}")
-        z_hat = self.entropy_bottleneck.decompress(strings[1], shape)
-        with exact_inference():
-            scales_hat, means_hat = self._means_scales(z_hat)
-        indexes = self.gaussian_conditional.build_indexes(scales_hat)
-        return self.gaussian_conditional.decompress(strings[0], indexes, z_hat.dtype, means_hat)
+        return mean_scale_decompress(self, strings, shape)
 
     def decompress(self, strings, shape) -> dict:
         """``{"x_hat"}`` in [0, 1]; runs only the transformer blocks that the aggregation reads."""

@@ -16,7 +16,7 @@ with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
     from compressai.models import FactorizedPrior, MeanScaleHyperprior
 
-from ...exact import exact_inference, exactly
+from ...exact import mean_scale_compress, mean_scale_decompress
 from ...losses import RateDistortionMixin
 from ...registry import register_model
 
@@ -44,31 +44,20 @@ class Hyperprior(RateDistortionMixin, MeanScaleHyperprior):
     """Mean-scale hyperprior. D. Minnen, J. Balle, G. Toderici, "Joint autoregressive and
     hierarchical priors for learned image compression", NeurIPS 2018 (the model without context).
 
-    ``compress`` and ``decompress`` are CompressAI's, except that the Gaussian parameters ``h_s(z_hat)`` are
-    computed stream by stream (:mod:`cdlib.exact`), so that a batch encodes to streams that a one-stream
-    decoder reads exactly."""
+    ``compress`` and ``decompress`` code as CompressAI's, except that the Gaussian parameters ``h_s(z_hat)``
+    are computed stream by stream (:func:`cdlib.exact.mean_scale_compress`), so that a batch encodes to
+    streams that a one-stream decoder reads exactly."""
 
     exact_entropy_parameters = True
 
     def compress(self, x):
-        y = self.g_a(x)
-        z = self.h_a(y)
-        z_strings = self.entropy_bottleneck.compress(z)
-        z_hat = self.entropy_bottleneck.decompress(z_strings, z.size()[-2:])
-        with exact_inference():
-            scales_hat, means_hat = exactly(self.h_s, z_hat).chunk(2, 1)
-        indexes = self.gaussian_conditional.build_indexes(scales_hat)
-        y_strings = self.gaussian_conditional.compress(y, indexes, means=means_hat)
-        return {"strings": [y_strings, z_strings], "shape": z.size()[-2:]}
+        strings, shape = mean_scale_compress(self, self.g_a(x))
+        return {"strings": strings, "shape": shape}
 
     def decompress(self, strings, shape):
         if not isinstance(strings, list) or len(strings) != 2:
             raise ValueError("hyperprior needs 2 latent strings (y, z)")
-        z_hat = self.entropy_bottleneck.decompress(strings[1], shape)
-        with exact_inference():
-            scales_hat, means_hat = exactly(self.h_s, z_hat).chunk(2, 1)
-        indexes = self.gaussian_conditional.build_indexes(scales_hat)
-        y_hat = self.gaussian_conditional.decompress(strings[0], indexes, means=means_hat)
+        y_hat = mean_scale_decompress(self, strings, shape)
         return {"x_hat": self.g_s(y_hat).clamp_(0, 1)}
 
     def diagram_blocks(self) -> list:

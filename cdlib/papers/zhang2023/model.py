@@ -31,7 +31,6 @@ bit-exactly.
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import warnings
 
@@ -47,7 +46,7 @@ with warnings.catch_warnings():
     from compressai.models import CompressionModel
     from compressai.models.utils import conv, deconv
 
-from ...exact import exact_inference, exactly
+from ...exact import mean_scale_compress, mean_scale_decompress, mean_scale_params
 from ...losses import bpp_of_likelihoods
 from ...registry import Option, register_model
 
@@ -370,11 +369,11 @@ class Zhang2023(CompressionModel):
                              f"{tuple(x.shape)} (pad first, e.g. cdlib.images.pad_to)")
 
     def _means_scales(self, z_hat):
-        # stream by stream (cdlib.exact) in compress/decompress, so a one-stream decoder gets the encoder's
-        # bits, and in eval, so forward's y_hat is the very y_hat that the streams code; batched in training
-        with contextlib.nullcontext() if self.training else exact_inference():
-            scales_hat, means_hat = exactly(self.h_s, z_hat).chunk(2, 1)
-        return scales_hat, means_hat
+        # outside training stream by stream, as compress/decompress compute them (cdlib.exact): forward's
+        # y_hat is then the very y_hat that the streams code
+        if self.training:
+            return self.h_s(z_hat).chunk(2, 1)
+        return mean_scale_params(self, z_hat)
 
     def texture_code(self, x, sample: bool = False):
         """``(code, mu, logvar)``: ``mu``, or ``mu + std * eps`` when ``sample`` (training)."""
@@ -428,25 +427,14 @@ class Zhang2023(CompressionModel):
     def compress(self, x: torch.Tensor) -> dict:
         """``{"strings": [y_strings, z_strings, t_strings], "shape": z grid}`` (one string per image in each)."""
         self._check_input(x)
-        y = self.g_a(x)
-        z = self.h_a(y)
-        z_strings = self.entropy_bottleneck.compress(z)
-        z_hat = self.entropy_bottleneck.decompress(z_strings, z.size()[-2:])
-        with exact_inference():
-            scales_hat, means_hat = self._means_scales(z_hat)
-        indexes = self.gaussian_conditional.build_indexes(scales_hat)
-        y_strings = self.gaussian_conditional.compress(y, indexes, means=means_hat)
+        (y_strings, z_strings), shape = mean_scale_compress(self, self.g_a(x))
         mu, _ = self.style_encoder(x)
         t_strings = self.texture_bottleneck.compress((mu / self.texture_step)[..., None, None])
-        return {"strings": [y_strings, z_strings, t_strings], "shape": z.size()[-2:]}
+        return {"strings": [y_strings, z_strings, t_strings], "shape": shape}
 
     def decode_structure(self, strings, shape) -> torch.Tensor:
         """``y_hat`` from ``[y_strings, z_strings]`` and the z grid ``shape``."""
-        z_hat = self.entropy_bottleneck.decompress(strings[1], shape)
-        with exact_inference():
-            scales_hat, means_hat = self._means_scales(z_hat)
-        indexes = self.gaussian_conditional.build_indexes(scales_hat)
-        return self.gaussian_conditional.decompress(strings[0], indexes, z_hat.dtype, means_hat)
+        return mean_scale_decompress(self, strings[:2], shape)
 
     def decode_texture(self, t_strings) -> torch.Tensor:
         """``t_hat (B, style_dim)`` from the texture strings."""
